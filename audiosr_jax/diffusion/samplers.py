@@ -1,0 +1,106 @@
+"""Samplers as pure functions: one `lax.scan` over steps, the denoiser passed in as a function.
+
+A denoiser here is `denoise(x_t, t) -> v`: x_t [B, ...] float, t [B] int32 (training-grid timesteps), v the
+v-prediction of the same shape. Classifier-free guidance wraps a conditional model into such a function,
+batching the conditional and unconditional branches into one network call.
+
+All noise is an explicit argument (drawn by the caller from a PRNG key, or injected from the PyTorch
+reference in parity tests), so a sampler is a deterministic function of its inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from audiosr_jax.diffusion.parameterization import v_to_eps, v_to_x0
+
+__all__ = ["ddim_timesteps", "DDIMTables", "ddim_tables", "ddim_sample", "classifier_free_guidance"]
+
+Denoiser = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def ddim_timesteps(num_steps: int, num_timesteps: int = 1000) -> np.ndarray:
+    """The reference's "uniform" DDIM grid, ascending: t = k·⌊T/S⌋ + 1 (int64 [≈S]).
+
+    For S = 50, T = 1000 that is {1, 21, …, 981}: t = T−1 is never visited. When S does not divide T the
+    reference's `range(0, T, T//S)` yields a few more than S steps; we keep that (so results match it) but
+    drop a step ≥ T, where the reference would index past its table and crash.
+    """
+    if not 1 <= num_steps <= num_timesteps:
+        raise ValueError(f"number of sampling steps must be in [1, {num_timesteps}], got {num_steps}")
+    t = np.arange(0, num_timesteps, num_timesteps // num_steps) + 1
+    return t[t < num_timesteps]
+
+
+class DDIMTables(NamedTuple):
+    """Per-step constants in *sampling* order (largest t first); every field is [S]."""
+
+    timesteps: np.ndarray  # int32
+    sqrt_alpha: np.ndarray  # √ᾱ_t, float32
+    sqrt_one_minus_alpha: np.ndarray  # √(1−ᾱ_t)
+    alpha_prev: np.ndarray  # ᾱ of the next (smaller) t; ᾱ_0 (not 1) after the last step, as the reference
+    sigma: np.ndarray  # η·√((1−ᾱ_prev)/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_prev)
+
+
+def ddim_tables(alphas_cumprod: np.ndarray, num_steps: int, eta: float = 1.0) -> DDIMTables:
+    """DDIM constants for `num_steps` steps of a schedule ᾱ (float64 [T]), mirroring the reference's dtypes:
+    √ᾱ and √(1−ᾱ) from the float64 table, ᾱ_t/ᾱ_prev/σ from its float32 copy."""
+    ts = ddim_timesteps(num_steps, len(alphas_cumprod))
+    ac32 = np.asarray(alphas_cumprod, np.float32)
+    a = ac32[ts].astype(np.float64)
+    a_prev = np.concatenate([ac32[:1], ac32[ts[:-1]]]).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sigma = eta * np.sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev))
+    sigma = np.nan_to_num(sigma)
+    sqrt_a = np.sqrt(alphas_cumprod)[ts]
+    sqrt_1ma = np.sqrt(1.0 - alphas_cumprod)[ts]
+    rev = slice(None, None, -1)
+    return DDIMTables(ts[rev].astype(np.int32), sqrt_a[rev].astype(np.float32), sqrt_1ma[rev].astype(np.float32),
+                      a_prev[rev].astype(np.float32), sigma[rev].astype(np.float32))
+
+
+def ddim_sample(denoise: Denoiser, x_T: jax.Array, noise: jax.Array, tables: DDIMTables) -> jax.Array:
+    """Run DDIM from x_T (the start latent, [B, ...]) to x₀.
+
+    noise: [S, B, ...] standard normals, one per step (used scaled by σ; zeros give deterministic DDIM).
+    Returns x₀ with x_T's shape and dtype. One `lax.scan`, so it jits to a single loop.
+    """
+    if noise.shape[0] != len(tables.timesteps) or noise.shape[1:] != x_T.shape:
+        raise ValueError(f"noise must be [{len(tables.timesteps)}, *{x_T.shape}], got {noise.shape}")
+    batch = x_T.shape[0]
+
+    def step(x, inputs):
+        t, sqrt_a, sqrt_1ma, a_prev, sigma, z = inputs
+        v = denoise(x, jnp.full((batch,), t, jnp.int32))
+        eps = v_to_eps(x, v, sqrt_a, sqrt_1ma)
+        x0 = v_to_x0(x, v, sqrt_a, sqrt_1ma)
+        x_prev = jnp.sqrt(a_prev) * x0 + jnp.sqrt(1.0 - a_prev - sigma ** 2) * eps + sigma * z
+        return x_prev.astype(x.dtype), None
+
+    xs = (jnp.asarray(tables.timesteps), jnp.asarray(tables.sqrt_alpha), jnp.asarray(tables.sqrt_one_minus_alpha),
+          jnp.asarray(tables.alpha_prev), jnp.asarray(tables.sigma), noise)
+    x0, _ = jax.lax.scan(step, x_T, xs)
+    return x0
+
+
+def classifier_free_guidance(model: Callable[[jax.Array, jax.Array, jax.Array], jax.Array],
+                             cond: jax.Array, uncond: jax.Array, scale: float) -> Denoiser:
+    """A denoiser v = v_u + scale·(v_c − v_u) from `model(x_t, t, cond) -> v`.
+
+    cond / uncond: conditioning tensors with a leading batch axis equal to x_t's. Both branches run as one
+    model call on a doubled batch. With scale == 1 only the conditional branch runs (as the reference does).
+    """
+    if scale == 1.0:
+        return lambda x, t: model(x, t, cond)
+
+    def denoise(x, t):
+        v = model(jnp.concatenate([x, x]), jnp.concatenate([t, t]), jnp.concatenate([cond, uncond]))
+        v_c, v_u = jnp.split(v, 2)
+        return v_u + scale * (v_c - v_u)
+
+    return denoise

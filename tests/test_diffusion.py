@@ -1,0 +1,120 @@
+"""The diffusion maths: the reference's schedule, DDIM grid and update, and guidance."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from audiosr_jax.diffusion import parameterization as P
+from audiosr_jax.diffusion.samplers import classifier_free_guidance, ddim_sample, ddim_tables, ddim_timesteps
+from audiosr_jax.diffusion.schedules import cosine_alphas_cumprod, make_alphas_cumprod
+
+
+def test_cosine_schedule_matches_reference_values():
+    ac = cosine_alphas_cumprod()
+    # Values measured on the reference (AUDIOSR.md §1.6).
+    assert ac[0] == pytest.approx(0.9999587, abs=1e-7)
+    assert ac[1] == pytest.approx(0.9999126, abs=1e-7)
+    assert ac[501] == pytest.approx(0.490727, abs=1e-6)
+    assert ac[981] == pytest.approx(7.867e-4, rel=1e-3)
+    assert ac[996] == pytest.approx(2.186e-5, rel=1e-3)
+    assert ac[999] == 0.0  # zero terminal SNR: the reference leaves beta unclipped
+    assert np.all(np.diff(ac) < 0) and np.all((ac >= 0) & (ac <= 1))
+    assert cosine_alphas_cumprod(clip_beta=0.999)[-1] > 0
+
+
+def test_make_alphas_cumprod_rejects_unknown():
+    with pytest.raises(ValueError, match="unknown schedule"):
+        make_alphas_cumprod("nope")
+
+
+@pytest.mark.parametrize("steps,expected", [(50, np.arange(0, 1000, 20) + 1), (2, [1, 501]), (200, np.arange(0, 1000, 5) + 1)])
+def test_ddim_timesteps_reference_grid(steps, expected):
+    np.testing.assert_array_equal(ddim_timesteps(steps), expected)
+
+
+def test_ddim_timesteps_drop_out_of_range_step():
+    # range(0, 1000, 333) + 1 = [1, 334, 667, 1000]: the reference would index ᾱ[1000] and crash.
+    np.testing.assert_array_equal(ddim_timesteps(3), [1, 334, 667])
+    with pytest.raises(ValueError):
+        ddim_timesteps(0)
+
+
+def test_ddim_tables_last_alpha_prev_is_alpha0():
+    ac = cosine_alphas_cumprod()
+    tab = ddim_tables(ac, 2, eta=1.0)
+    np.testing.assert_array_equal(tab.timesteps, [501, 1])
+    assert tab.alpha_prev[-1] == pytest.approx(ac[0], abs=1e-7)  # not 1.0
+    assert tab.alpha_prev[0] == pytest.approx(ac[1], abs=1e-7)
+    a, ap = ac[501], ac[1]
+    assert tab.sigma[0] == pytest.approx(np.sqrt((1 - ap) / (1 - a) * (1 - a / ap)), rel=1e-3)  # from float32 ᾱ, as the reference
+    assert tab.sigma[-1] > 0  # noise is added at the last step too
+    assert np.all(ddim_tables(ac, 2, eta=0.0).sigma == 0)
+
+
+def test_v_parameterisation_round_trip():
+    rng = np.random.default_rng(0)
+    x0, eps = rng.standard_normal((2, 4, 3))
+    for abar in (0.0, 0.3, 0.999):
+        sa, s1 = np.sqrt(abar), np.sqrt(1 - abar)
+        xt = sa * x0 + s1 * eps
+        v = P.v_target(x0, eps, sa, s1)
+        np.testing.assert_allclose(P.v_to_x0(xt, v, sa, s1), x0, atol=1e-12)
+        np.testing.assert_allclose(P.v_to_eps(xt, v, sa, s1), eps, atol=1e-12)
+
+
+def test_ddim_matches_a_plain_numpy_loop():
+    ac = cosine_alphas_cumprod()
+    tab = ddim_tables(ac, 4, eta=1.0)
+    rng = np.random.default_rng(1)
+    x_T = rng.standard_normal((2, 3, 5)).astype(np.float32)
+    noise = rng.standard_normal((4, 2, 3, 5)).astype(np.float32)
+    W = rng.standard_normal((5, 5)).astype(np.float32) * 0.3
+
+    def denoise(x, t):
+        return jnp.tanh(x @ W) * (t[:, None, None] / 1000.0)
+
+    out = jax.jit(lambda x, n: ddim_sample(denoise, x, n, tab))(x_T, noise)
+    x = x_T.astype(np.float64)
+    for i, t in enumerate(tab.timesteps):
+        v = np.tanh(x @ W) * (t / 1000.0)
+        sa, s1 = np.sqrt(ac[t]), np.sqrt(1 - ac[t])
+        e, x0 = sa * v + s1 * x, sa * x - s1 * v
+        ap, sg = tab.alpha_prev[i], tab.sigma[i]
+        x = np.sqrt(ap) * x0 + np.sqrt(1 - ap - sg ** 2) * e + sg * noise[i]
+    np.testing.assert_allclose(out, x, rtol=1e-4, atol=1e-5)
+
+
+def test_ddim_with_oracle_denoiser_recovers_data():
+    # If the model knows x0, v = (√ᾱ x_t − x0)/√(1−ᾱ); deterministic DDIM lands on x0·√ᾱ_0-ish.
+    ac = cosine_alphas_cumprod()
+    tab = ddim_tables(ac, 50, eta=0.0)
+    x_data = jnp.asarray(np.random.default_rng(2).standard_normal((1, 8)), jnp.float32)
+    sa_tab, s1_tab = jnp.sqrt(jnp.asarray(ac, jnp.float32)), jnp.sqrt(1 - jnp.asarray(ac, jnp.float32))
+
+    def oracle(x, t):
+        sa, s1 = sa_tab[t][:, None], s1_tab[t][:, None]
+        eps = (x - sa * x_data) / s1
+        return sa * eps - s1 * x_data
+
+    x_T = jnp.asarray(np.random.default_rng(3).standard_normal((1, 8)), jnp.float32)
+    out = ddim_sample(oracle, x_T, jnp.zeros((len(tab.timesteps), 1, 8)), tab)
+    np.testing.assert_allclose(out, np.sqrt(ac[0]) * x_data + np.sqrt(1 - ac[0]) * 0, atol=2e-2)
+
+
+def test_classifier_free_guidance_batches_both_branches():
+    calls = []
+
+    def model(x, t, c):
+        calls.append(x.shape[0])
+        return x * 0 + c
+
+    x = jnp.zeros((3, 2))
+    t = jnp.zeros((3,), jnp.int32)
+    cond, uncond = jnp.full((3, 2), 2.0), jnp.full((3, 2), -1.0)
+    out = classifier_free_guidance(model, cond, uncond, 3.5)(x, t)
+    np.testing.assert_allclose(out, -1.0 + 3.5 * 3.0)
+    assert calls == [6]  # one call on the doubled batch
+    calls.clear()
+    np.testing.assert_allclose(classifier_free_guidance(model, cond, uncond, 1.0)(x, t), 2.0)
+    assert calls == [3]
