@@ -1,0 +1,133 @@
+"""The inference checkpoint: a directory holding the weights (orbax) and the architecture (JSON).
+
+Layout of DIR:
+  architecture.json   {"format": "audiosr-jax/1", "vae": {...}, "unet": {...}, "vocoder": {...},
+                       "scale_factor": float, "has_cond_vae": bool, "source": str}
+  params/             orbax StandardCheckpointer tree {"vae", "unet", "vocoder"[, "cond_vae"]}
+
+`sample.py --checkpoint DIR` needs nothing else. Saving writes to a sibling temporary directory and renames
+it into place, so an interrupted save never leaves a half-written checkpoint under DIR.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from audiosr_jax.errors import CheckpointError
+from audiosr_jax.models.unet import UNetConfig, UNetModel
+from audiosr_jax.models.vae import AutoencoderKL, VAEConfig
+from audiosr_jax.models.vocoder import HiFiGAN, VocoderConfig
+
+__all__ = ["AudioSRWeights", "save_weights", "load_weights", "abstract_params", "FORMAT"]
+
+FORMAT = "audiosr-jax/1"
+
+
+@dataclasses.dataclass
+class AudioSRWeights:
+    """Everything inference needs. params: {"vae", "unet", "vocoder"} (+ "cond_vae": encoder and quant_conv
+    of a conditioning VAE that differs from the first-stage one). scale_factor: the latent scale."""
+
+    vae: VAEConfig
+    unet: UNetConfig
+    vocoder: VocoderConfig
+    params: dict[str, Any]
+    scale_factor: float
+    source: str = ""
+
+    def architecture(self) -> dict:
+        return {"format": FORMAT, "vae": self.vae.to_dict(), "unet": self.unet.to_dict(),
+                "vocoder": self.vocoder.to_dict(), "scale_factor": float(self.scale_factor),
+                "has_cond_vae": "cond_vae" in self.params, "source": self.source}
+
+
+def abstract_params(vae: VAEConfig, unet: UNetConfig, vocoder: VocoderConfig, frames: int = 64) -> dict:
+    """Param shapes of the three networks ({"vae", "unet", "vocoder"} of ShapeDtypeStructs), via eval_shape."""
+    f = vae.downsample_factor
+    key = jax.random.PRNGKey(0)
+    mel = jax.ShapeDtypeStruct((1, frames, 256, 1), jnp.float32)
+    latent_h, latent_w = frames // f, 256 // f
+    x = jax.ShapeDtypeStruct((1, latent_h, latent_w, unet.in_channels), jnp.float32)
+    t = jax.ShapeDtypeStruct((1,), jnp.int32)
+    vmel = jax.ShapeDtypeStruct((1, 8, vocoder.num_mels), jnp.float32)
+    return {
+        "vae": jax.eval_shape(AutoencoderKL(vae).init, key, mel)["params"],
+        "unet": jax.eval_shape(UNetModel(unet).init, key, x, t)["params"],
+        "vocoder": jax.eval_shape(HiFiGAN(vocoder).init, key, vmel)["params"],
+    }
+
+
+def save_weights(weights: AudioSRWeights, directory: str | os.PathLike, overwrite: bool = False) -> None:
+    """Write `weights` to `directory` atomically (temp dir + rename). Refuses to replace an existing
+    directory unless `overwrite`."""
+    import orbax.checkpoint as ocp
+
+    directory = os.path.abspath(os.fspath(directory))
+    if os.path.exists(directory) and not overwrite:
+        raise CheckpointError(f"{directory}: already exists (pass overwrite=True / --overwrite to replace it)")
+    _check_finite(weights.params, directory)
+    parent = os.path.dirname(directory)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-", dir=parent)
+    try:
+        ckptr = ocp.StandardCheckpointer()
+        ckptr.save(os.path.join(tmp, "params"), weights.params)
+        ckptr.wait_until_finished()
+        with open(os.path.join(tmp, "architecture.json"), "w") as f:
+            json.dump(weights.architecture(), f, indent=2)
+        if os.path.exists(directory):
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_weights(directory: str | os.PathLike) -> AudioSRWeights:
+    """Read a checkpoint directory written by `save_weights` (or `python -m audiosr_jax.convert`)."""
+    import orbax.checkpoint as ocp
+
+    directory = os.path.abspath(os.fspath(directory))
+    if not os.path.exists(directory):
+        raise CheckpointError(f"{directory}: checkpoint directory does not exist")
+    arch_path = os.path.join(directory, "architecture.json")
+    if not os.path.isfile(arch_path):
+        hint = " (a PyTorch file? convert it first: python -m audiosr_jax.convert IN OUT)" if os.path.isfile(directory) else ""
+        raise CheckpointError(f"{directory}: not an audiosr-jax checkpoint (no architecture.json){hint}")
+    try:
+        with open(arch_path) as f:
+            arch = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{arch_path}: unreadable architecture file: {e}") from None
+    if arch.get("format") != FORMAT:
+        raise CheckpointError(f"{directory}: checkpoint format {arch.get('format')!r}, expected {FORMAT!r}")
+    try:
+        vae, unet, voc = (VAEConfig.from_dict(arch["vae"]), UNetConfig.from_dict(arch["unet"]),
+                          VocoderConfig.from_dict(arch["vocoder"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{arch_path}: invalid architecture: {e}") from None
+    target = abstract_params(vae, unet, voc)
+    if arch.get("has_cond_vae"):
+        target["cond_vae"] = {k: v for k, v in target["vae"].items() if k in ("encoder", "quant_conv")}
+    try:
+        params = ocp.StandardCheckpointer().restore(os.path.join(directory, "params"), target)
+    except Exception as e:  # orbax raises many types for missing/corrupt/mismatched files
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{directory}: cannot restore the weights (corrupt or incomplete?): {msg[:300]}") from None
+    return AudioSRWeights(vae, unet, voc, params, float(arch["scale_factor"]), arch.get("source", ""))
+
+
+def _check_finite(params, where: str) -> None:
+    bad = [jax.tree_util.keystr(p) for p, x in jax.tree_util.tree_leaves_with_path(params)
+           if not np.all(np.isfinite(np.asarray(x)))]
+    if bad:
+        raise CheckpointError(f"{where}: refusing to save non-finite weights in {', '.join(bad[:5])}")

@@ -1,0 +1,117 @@
+"""Open a PyTorch checkpoint (.bin, .pth, .ckpt, .safetensors) as a lazy, memory-mapped name → tensor map.
+
+Nothing is copied when the file is opened: safetensors files are read through `safe_open`, and pickled torch
+files through `torch.load(mmap=True, weights_only=True)`, so a 6 GB checkpoint costs page cache, not RAM.
+A tensor becomes a float32 numpy array only when the converter asks for it.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+
+from audiosr_jax.errors import CheckpointError
+
+__all__ = ["open_state_dict", "LazyTensor"]
+
+
+class LazyTensor:
+    """A tensor in a checkpoint: `.shape` without reading it, `np.asarray(t)` reads it as float32."""
+
+    def __init__(self, shape, load):
+        self.shape = tuple(int(s) for s in shape)
+        self._load = load
+
+    def __array__(self, dtype=None, copy=None):
+        x = self._load()
+        return x if dtype is None else x.astype(dtype, copy=False)
+
+
+class _StateDict(Mapping):
+    def __init__(self, tensors: dict[str, LazyTensor], keepalive=None):
+        self._tensors = tensors
+        self._keepalive = keepalive  # the open file / mmap the tensors point into
+
+    def __getitem__(self, key):
+        return self._tensors[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self):
+        return len(self._tensors)
+
+
+def _open_safetensors(path: str) -> _StateDict:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        handle = safe_open(path, framework="numpy")
+        keys = list(handle.keys())
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+    def loader(k):
+        return lambda: np.asarray(handle.get_tensor(k), dtype=np.float32)
+
+    tensors = {k: LazyTensor(handle.get_slice(k).get_shape(), loader(k)) for k in keys}
+    return _StateDict(tensors, keepalive=handle)
+
+
+def _flatten_torch(obj, prefix: str, out: dict) -> None:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        out[prefix[:-1]] = obj
+    elif isinstance(obj, Mapping):
+        for k, v in obj.items():
+            _flatten_torch(v, f"{prefix}{k}.", out)
+
+
+def _open_torch(path: str) -> _StateDict:
+    try:
+        import torch
+    except ImportError:
+        raise CheckpointError(f"{path}: reading .bin/.pth/.ckpt files needs PyTorch "
+                              "(pip install torch==2.13.0, the CPU build); or convert it to .safetensors") from None
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: not a PyTorch zip checkpoint (truncated, corrupt, or a legacy/non-torch file)")
+    try:
+        obj = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as e:  # torch raises RuntimeError/UnpicklingError/EOFError... for bad files
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: cannot read the PyTorch checkpoint (truncated or corrupt?): {msg}") from None
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict")
+    flat: dict = {}
+    _flatten_torch(obj, "", flat)
+
+    def loader(t):
+        return lambda: t.detach().to(torch.float32).numpy()
+
+    tensors = {k: LazyTensor(t.shape, loader(t)) for k, t in flat.items()}
+    return _StateDict(tensors, keepalive=obj)
+
+
+def open_state_dict(path: str | os.PathLike) -> Mapping[str, LazyTensor]:
+    """Open a checkpoint as {key: LazyTensor}. A torch file's top-level {"state_dict": ...} is unwrapped.
+
+    Raises CheckpointError (one line, naming the file) if the path is missing, empty, truncated or not a
+    checkpoint.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: is a directory, expected a .bin/.pth/.ckpt/.safetensors file")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path}: empty file")
+    if path.endswith(".safetensors"):
+        return _open_safetensors(path)
+    return _open_torch(path)
