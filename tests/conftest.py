@@ -6,3 +6,23 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
     os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_torch_checkpoint(tmp_path_factory):
+    """A released-layout .safetensors file with tiny synthetic networks."""
+    from audiosr_jax.testing import write_synthetic_checkpoint
+
+    return write_synthetic_checkpoint(tmp_path_factory.mktemp("torch") / "tiny.safetensors", "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_dir(tmp_path_factory, tiny_torch_checkpoint):
+    """That checkpoint converted to an audiosr-jax checkpoint directory."""
+    from audiosr_jax.convert import convert_file
+
+    out = tmp_path_factory.mktemp("ckpt") / "tiny"
+    convert_file(tiny_torch_checkpoint, out)
+    return str(out)
