@@ -1,0 +1,272 @@
+"""Audio I/O and the mel front-end of AudioSR (reference: ``audiosr/utils.py``).
+
+Order of operations, as in the reference ``read_wav_file`` / ``read_audio_file``:
+
+1. load (the reference keeps channel 0 only; here every channel is returned and processed alike),
+2. resample to 48 kHz,
+3. ``normalize_wav``: remove the mean, scale the peak to 0.5 (per channel),
+4. zero-pad at the end to the next multiple of 5.12 s (245 760 samples),
+5. log-mel / STFT of the padded waveform (``mel_spectrogram_train`` + ``pad_spec``).
+
+The low-pass conditioning (``audiosr_jax.lowpass``) then runs on the normalised, *padded* waveform.
+
+Deliberate differences from the reference:
+
+* Resampling uses soxr (very high quality) instead of torchaudio's windowed sinc (``sinc_interp_hann``,
+  width 6, roll-off 0.99). At 48 kHz input both are the identity.
+* Padding is computed in integer samples. The reference computes the padded duration in float seconds
+  (``duration + (5.12 - duration % 5.12)``) and truncates ``48000 * pad_duration`` / ``pad_duration * 100``
+  with ``int()``; for about 1 file length in 2000 that yields one sample / one frame less (e.g. 245 759
+  samples, 511 frames).
+* Input validation: the reference accepts whatever torchaudio loads; here unusable files raise
+  :class:`audiosr_jax.errors.AudioError` with a one-line message naming the file.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from audiosr_jax.errors import AudioError
+
+SAMPLE_RATE = 48000
+HOP = 480
+N_FFT = 2048
+N_MELS = 256
+SEGMENT_SAMPLES = 245760  # 5.12 s at 48 kHz = 512 frames of HOP
+MEL_FMIN = 20.0
+MEL_FMAX = 24000.0
+LOG_FLOOR = 1e-5  # log(clip(mel, 1e-5)); the log-mel floor is log(1e-5) = -11.5129
+
+MIN_SAMPLE_RATE = 1000
+MAX_SAMPLE_RATE = 768000
+
+# reflect padding of mel_spectrogram_train: (n_fft - hop) / 2 on each side, so that with center=False a
+# signal of N samples gives N // HOP frames
+_STFT_PAD = (N_FFT - HOP) // 2  # 784
+
+
+# ----------------------------------------------------------------------------------------------------------
+# loading and waveform preparation (numpy, host)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _fail(path, problem: str) -> AudioError:
+    return AudioError(f"{os.fspath(path)}: {problem}")
+
+
+def load_audio(path, max_channels: int = 2) -> tuple[np.ndarray, int]:
+    """Read an audio file with soundfile (any format libsndfile reads: wav, flac, ogg, ...).
+
+    Args:
+      path: file path.
+      max_channels: files with more channels are rejected.
+
+    Returns:
+      ``(audio, sr)``: float32 array [C, N] (samples in [-1, 1] for integer formats) and the file's
+      native sample rate in Hz.
+
+    Raises:
+      AudioError (one line naming the file) when the file is missing, not a regular file, empty, not
+      audio / corrupt, has zero frames, NaN or inf samples, a sample rate outside [1000, 768000] Hz,
+      more than ``max_channels`` channels, or is silent (every channel constant, e.g. all zeros: after the
+      mean removal of ``normalize_wav`` nothing would be left).
+    """
+    import soundfile as sf
+
+    p = os.fspath(path)
+    if not os.path.exists(p):
+        raise _fail(p, "file not found")
+    if not os.path.isfile(p):
+        raise _fail(p, "not a regular file")
+    if os.path.getsize(p) == 0:
+        raise _fail(p, "empty file (0 bytes)")
+    try:
+        info = sf.info(p)
+    except Exception as e:  # libsndfile error: not audio, unknown format, truncated header
+        raise _fail(p, f"not a readable audio file ({_one_line(e)})") from None
+    if info.frames <= 0:
+        raise _fail(p, "audio has zero length (no sample frames)")
+    if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
+        raise _fail(
+            p, f"unsupported sample rate {info.samplerate} Hz (expected {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE})"
+        )
+    if info.channels > max_channels:
+        raise _fail(p, f"{info.channels} channels, at most {max_channels} supported")
+    try:
+        data, sr = sf.read(p, dtype="float32", always_2d=True)
+    except Exception as e:  # corrupt data after a valid header
+        raise _fail(p, f"corrupt audio data ({_one_line(e)})") from None
+    if data.shape[0] == 0:
+        raise _fail(p, "audio has zero length (no sample frames)")
+    if not np.all(np.isfinite(data)):
+        bad = "NaN" if np.isnan(data).any() else "infinite"
+        raise _fail(p, f"audio contains {bad} samples")
+    if np.all(data == data[:1]):
+        what = "all samples are zero" if not np.any(data) else "every channel is constant"
+        raise _fail(p, f"audio is silent ({what})")
+    return np.ascontiguousarray(data.T), int(sr)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def resample(x: np.ndarray, sr: int, target_sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Resample along the last axis with soxr ("VHQ"); identity (same array) when ``sr == target_sr``.
+
+    Args:
+      x: float array [..., N] at ``sr`` Hz.
+    Returns:
+      float32 array [..., M] with M = round(N * target_sr / sr) (soxr's length rule).
+    """
+    if int(sr) == int(target_sr):
+        return x
+    import soxr
+
+    x = np.asarray(x, dtype=np.float32)
+    lead = x.shape[:-1]
+    flat = x.reshape(-1, x.shape[-1])
+    # soxr wants [N, C]; all channels in one call share the filter state setup
+    y = soxr.resample(np.ascontiguousarray(flat.T), int(sr), int(target_sr), quality="VHQ")
+    y = np.asarray(y, dtype=np.float32).reshape(-1, flat.shape[0]).T
+    return np.ascontiguousarray(y.reshape(*lead, y.shape[-1]))
+
+
+def normalize_wav(x: np.ndarray) -> np.ndarray:
+    """The reference ``normalize_wav`` along the last axis: ``x -= mean; x /= max|x| + 1e-8; x *= 0.5``.
+
+    Args: x [..., N]. Returns: same shape and dtype, peak 0.5 per row (zero rows stay zero).
+    """
+    x = np.asarray(x)
+    x = x - np.mean(x, axis=-1, keepdims=True)
+    x = x / (np.max(np.abs(x), axis=-1, keepdims=True) + 1e-8)
+    return x * 0.5
+
+
+def pad_to_segments(x: np.ndarray, segment: int = SEGMENT_SAMPLES) -> np.ndarray:
+    """Zero-pad the last axis at the end to the next multiple of ``segment`` (a multiple stays as is).
+
+    Args: x [..., N]. Returns: [..., ceil(N / segment) * segment], same dtype.
+    """
+    n = x.shape[-1]
+    target = -(-n // segment) * segment
+    if target == n:
+        return x
+    pad = [(0, 0)] * (x.ndim - 1) + [(0, target - n)]
+    return np.pad(x, pad)
+
+
+def prepare_waveform(path, max_channels: int = 2) -> tuple[np.ndarray, dict]:
+    """Load a file and prepare it as the reference's ``read_wav_file`` does.
+
+    load -> resample to 48 kHz -> ``normalize_wav`` (per channel) -> zero-pad to a multiple of 5.12 s.
+
+    Returns:
+      ``(wave, info)``: float32 [C, N] at 48 kHz with N a multiple of ``SEGMENT_SAMPLES``, and a dict with
+      ``orig_sr`` (Hz), ``channels``, ``duration_s`` (of the original file), ``num_samples`` (48 kHz samples
+      before padding), ``padded_samples`` (= N) and ``num_frames`` (= N // HOP, mel frames).
+    Raises:
+      AudioError as :func:`load_audio`.
+    """
+    audio, sr = load_audio(path, max_channels=max_channels)
+    wave = resample(audio, sr, SAMPLE_RATE)
+    n = wave.shape[-1]
+    wave = normalize_wav(wave).astype(np.float32)
+    wave = pad_to_segments(wave, SEGMENT_SAMPLES)
+    info = {
+        "orig_sr": int(sr),
+        "channels": int(audio.shape[0]),
+        "duration_s": audio.shape[-1] / sr,
+        "num_samples": int(n),
+        "padded_samples": int(wave.shape[-1]),
+        "num_frames": int(wave.shape[-1] // HOP),
+    }
+    return wave, info
+
+
+# ----------------------------------------------------------------------------------------------------------
+# STFT / mel front-end (JAX)
+# ----------------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _hann_periodic(n: int) -> np.ndarray:
+    # torch.hann_window(n) / scipy get_window("hann", n): periodic Hann
+    w = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)
+    w = w.astype(np.float32)
+    w.flags.writeable = False
+    return w
+
+
+def frame_signal(x: jnp.ndarray, n_fft: int, hop: int, n_frames: int) -> jnp.ndarray:
+    """Frames ``x[..., t*hop : t*hop + n_fft]`` for t < n_frames, without a gather.
+
+    The signal is cut into blocks of ``hop`` and each frame is the concatenation of ``ceil(n_fft/hop)``
+    consecutive blocks (the last one cropped), which stays cheap and layout-friendly on accelerators.
+
+    Args: x [..., L] with L >= (n_frames - 1) * hop + n_fft. Returns: [..., n_frames, n_fft].
+    """
+    n_full, rem = divmod(n_fft, hop)
+    n_blocks = n_frames + n_full + (1 if rem else 0)
+    need = n_blocks * hop
+    length = x.shape[-1]
+    lead = [(0, 0)] * (x.ndim - 1)
+    x = x[..., :need] if length >= need else jnp.pad(x, lead + [(0, need - length)])
+    blocks = x.reshape(*x.shape[:-1], n_blocks, hop)
+    parts = [blocks[..., i : i + n_frames, :] for i in range(n_full)]
+    if rem:
+        parts.append(blocks[..., n_full : n_full + n_frames, :rem])
+    return jnp.concatenate(parts, axis=-1)
+
+
+@jax.jit
+def stft_magnitude(wave: jnp.ndarray) -> jnp.ndarray:
+    """|STFT| exactly as ``mel_spectrogram_train``: reflect pad 784 each side, periodic Hann 2048, hop 480,
+    ``center=False``, onesided, magnitude (power 1), no normalisation.
+
+    Args: wave [B, N] float (N >= 785; N a multiple of 480 in practice). Returns: float32 [B, N // 480, 1025].
+    """
+    wave = jnp.asarray(wave, jnp.float32)
+    n = wave.shape[-1]
+    n_frames = n // HOP  # ((n + 2*784) - 2048) // 480 + 1
+    padded = jnp.pad(wave, ((0, 0), (_STFT_PAD, _STFT_PAD)), mode="reflect")
+    frames = frame_signal(padded, N_FFT, HOP, n_frames) * jnp.asarray(_hann_periodic(N_FFT))
+    return jnp.abs(jnp.fft.rfft(frames, n=N_FFT, axis=-1))
+
+
+@functools.lru_cache(maxsize=None)
+def mel_filterbank() -> np.ndarray:
+    """librosa.filters.mel(sr=48000, n_fft=2048, n_mels=256, fmin=20, fmax=24000), Slaney scale and norm.
+
+    Returns: read-only float32 [256, 1025] (cached).
+    """
+    import librosa
+
+    fb = librosa.filters.mel(
+        sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=MEL_FMIN, fmax=MEL_FMAX, htk=False, norm="slaney"
+    ).astype(np.float32)
+    fb.flags.writeable = False
+    return fb
+
+
+@jax.jit
+def log_mel_spectrogram(wave: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """The reference front-end (``mel_spectrogram_train`` + ``pad_spec``) for a batch of waveforms.
+
+    Args:
+      wave: [B, N] float, 48 kHz, normalised and padded (N a multiple of 480, normally of 245 760).
+    Returns:
+      ``(log_mel, stft)``: log_mel float32 [B, N // 480, 256] = log(clip(mel_fb @ |S|, 1e-5)), and the
+      magnitude STFT float32 [B, N // 480, 1024] (the last of the 1025 bins dropped as ``pad_spec`` does).
+    """
+    mag = stft_magnitude(wave)
+    fb = jnp.asarray(mel_filterbank())
+    # HIGHEST: keep the projection in true fp32 on GPU/TPU (default precision may use TF32 / bf16 passes)
+    mel = jnp.einsum("btf,mf->btm", mag, fb, precision=jax.lax.Precision.HIGHEST)
+    log_mel = jnp.log(jnp.maximum(mel, LOG_FLOOR))
+    return log_mel, mag[..., : N_FFT // 2]
