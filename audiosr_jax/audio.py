@@ -80,7 +80,7 @@ def load_audio(path, max_channels: int = 2) -> tuple[np.ndarray, int]:
 
     p = os.fspath(path)
     if not os.path.exists(p):
-        raise _fail(p, "file not found")
+        raise _fail(p, "no such file")
     if not os.path.isfile(p):
         raise _fail(p, "not a regular file")
     if os.path.getsize(p) == 0:
@@ -168,8 +168,8 @@ def prepare_waveform(path, max_channels: int = 2) -> tuple[np.ndarray, dict]:
 
     Returns:
       ``(wave, info)``: float32 [C, N] at 48 kHz with N a multiple of ``SEGMENT_SAMPLES``, and a dict with
-      ``orig_sr`` (Hz), ``channels``, ``duration_s`` (of the original file), ``num_samples`` (48 kHz samples
-      before padding), ``padded_samples`` (= N) and ``num_frames`` (= N // HOP, mel frames).
+      ``orig_sr`` (Hz), ``channels``, ``duration_s`` (of the original file), ``samples`` (48 kHz samples
+      before padding: cut the output to this), ``padded_samples`` (= N) and ``frames`` (= N // HOP).
     Raises:
       AudioError as :func:`load_audio`.
     """
@@ -182,9 +182,9 @@ def prepare_waveform(path, max_channels: int = 2) -> tuple[np.ndarray, dict]:
         "orig_sr": int(sr),
         "channels": int(audio.shape[0]),
         "duration_s": audio.shape[-1] / sr,
-        "num_samples": int(n),
+        "samples": int(n),
         "padded_samples": int(wave.shape[-1]),
-        "num_frames": int(wave.shape[-1] // HOP),
+        "frames": int(wave.shape[-1] // HOP),
     }
     return wave, info
 
