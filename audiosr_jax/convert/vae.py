@@ -83,8 +83,9 @@ def infer_config(source: TensorSource) -> VAEConfig:
 
     ch / in_channels from encoder.conv_in; ch_mult from each encoder level's first block; num_res_blocks
     by counting encoder level-0 blocks; z_channels from encoder.conv_out; embed_dim from quant_conv; out_ch
-    from decoder.conv_out. Raises ConversionError naming the key on a missing key or an inconsistent shape
-    (the full per-tensor check happens in `to_flax` against the model's shapes).
+    from decoder.conv_out. A source with no decoder.* and no post_quant_conv keys at all (an encoder-only
+    conditioning VAE) is accepted, with out_ch = in_channels. Raises ConversionError naming the key on a
+    missing key or an inconsistent shape (the full per-tensor check is `to_flax` against the model's shapes).
     """
     ch, in_channels = _conv_shape(source, "encoder.conv_in.weight", 3)
     if ch <= 0:
@@ -112,19 +113,24 @@ def infer_config(source: TensorSource) -> VAEConfig:
     if q_out % 2 or q_in != double_z:
         raise _bad(source, key, f"has shape {source.shape(key)}, expected [2*embed_dim, {double_z}, 1, 1]")
     embed_dim = q_out // 2
-    key = "post_quant_conv.weight"
-    if _conv_shape(source, key, 1) != (z_channels, embed_dim):
-        raise _bad(source, key, f"has shape {source.shape(key)}, expected [{z_channels}, {embed_dim}, 1, 1]")
-    out_ch, _ = _conv_shape(source, "decoder.conv_out.weight", 3)
-    # The decoder must have the encoder's depth: its last level has num_res_blocks + 1 blocks, no more.
-    top = len(ch_mult) - 1
-    for key, present in ((f"decoder.up.{top}.block.{num_res_blocks}.conv1.weight", True),
-                         (f"decoder.up.{top}.block.{num_res_blocks + 1}.conv1.weight", False),
-                         (f"decoder.up.{top + 1}.block.0.conv1.weight", False)):
-        if source.has(key) != present:
-            if present:
-                source.shape(key)  # raises "missing key"
-            raise _bad(source, key, "is present, but the encoder implies a smaller decoder")
+    if not source.has("post_quant_conv.weight") and not any(k.startswith("decoder.") for k in source.keys()):
+        # Encoder-only VAE (a conditioning VAE stored without its decoder): nothing fixes out_ch, which only
+        # the decoder uses; take the released model's symmetry (out_ch == in_channels).
+        out_ch = in_channels
+    else:
+        key = "post_quant_conv.weight"
+        if _conv_shape(source, key, 1) != (z_channels, embed_dim):
+            raise _bad(source, key, f"has shape {source.shape(key)}, expected [{z_channels}, {embed_dim}, 1, 1]")
+        out_ch, _ = _conv_shape(source, "decoder.conv_out.weight", 3)
+        # The decoder must have the encoder's depth: its top level has num_res_blocks + 1 blocks, no more.
+        top = len(ch_mult) - 1
+        for key, present in ((f"decoder.up.{top}.block.{num_res_blocks}.conv1.weight", True),
+                             (f"decoder.up.{top}.block.{num_res_blocks + 1}.conv1.weight", False),
+                             (f"decoder.up.{top + 1}.block.0.conv1.weight", False)):
+            if source.has(key) != present:
+                if present:
+                    source.shape(key)  # raises "missing key"
+                raise _bad(source, key, "is present, but the encoder implies a smaller decoder")
     try:
         return VAEConfig(ch=ch, ch_mult=tuple(ch_mult), num_res_blocks=num_res_blocks, z_channels=z_channels,
                          embed_dim=embed_dim, in_channels=in_channels, out_ch=out_ch)
