@@ -34,6 +34,7 @@ def cutoff_index(energy: jnp.ndarray, percentile: float = CUTOFF_PERCENTILE) -> 
 
     Args: energy [..., F] (cumulative, non-decreasing). Returns: int32 [...].
     """
+    energy = jnp.asarray(energy)
     f = energy.shape[-1]
     below = energy < percentile * energy[..., -1:]
     below = below.at[..., 0].set(False)
