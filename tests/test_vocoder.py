@@ -234,6 +234,7 @@ def test_upsample_rate_convention():
     ((), {"conv_pre.weight": (1536, 256, 5)}, "kernel size 7"),
     ((), {"conv_post.weight": (1, 96, 7)}, "conv_post.weight"),
     ((), {"ups.1.weight": (768, 384)}, "rank 3"),
+    (("conv_pre.weight",), {"conv_pre.weight_g": (1536, 1, 1)}, "weight norm not removed"),
 ])
 def test_infer_config_rejects_inconsistent_shapes(drop, replace, match):
     with pytest.raises(ConversionError, match=match) as e:

@@ -65,6 +65,9 @@ def infer_config(source: TensorSource) -> VocoderConfig:
             raise bad(key, s, f"rank {rank}")
         return s
 
+    if not source.has("conv_pre.weight") and source.has("conv_pre.weight_g"):
+        raise ConversionError(f"{where}: {source.prefix}conv_pre has weight_g/weight_v (weight norm not removed); "
+                              "the released AudioSR vocoder stores plain weights")
     c0, num_mels, kpre = shape_of("conv_pre.weight", 3)
     if kpre != 7:
         raise bad("conv_pre.weight", (c0, num_mels, kpre), "kernel size 7")
