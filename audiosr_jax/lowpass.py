@@ -6,7 +6,8 @@ The model is conditioned on a *low-passed* copy of the (normalised, padded) inpu
 1. cutoff detection on the magnitude STFT of the input (``detect_cutoff_hz``, the 0.985 cumulative-energy
    rule over 1024 linear bins, ``k / 1024 * 24000`` Hz);
 2. an order-8 elliptic low-pass (0.1 dB ripple, 60 dB stop band; the reference draws the type with
-   ``np.random.choice`` right after ``seed_everything(42)``, which always yields ``"ellip"``) applied as
+   ``np.random.choice`` right after ``seed_everything(seed)``, which yields ``"ellip"`` for the default
+   seed 42, see ``reference_filter_type``) applied as
    ``sosfiltfilt`` -> ``resample_poly`` down to ``int(hi * fs)`` Hz and back up (a hard band limit) ->
    ``sosfiltfilt``, lengths aligned to the input (``lowpass_filter``).
 
@@ -33,6 +34,14 @@ CUTOFF_PERCENTILE = 0.985
 MIN_CUTOFF_HZ = 1000.0
 FILTER_ORDER = 8
 FILTER_TYPE = "ellip"  # what np.random.choice gives after the reference's seed_everything(42)
+REFERENCE_FILTER_CHOICES = ("butter", "cheby1", "ellip", "bessel")
+
+
+def reference_filter_type(seed: int) -> str:
+    """The filter type the reference draws for a given ``--seed``: ``seed_everything(seed)`` then
+    ``np.random.choice(["butter", "cheby1", "ellip", "bessel"])`` as the first numpy draw. 42 -> "ellip".
+    """
+    return str(np.random.RandomState(int(seed)).choice(list(REFERENCE_FILTER_CHOICES)))
 
 
 def cutoff_index(energy: np.ndarray, percentile: float = CUTOFF_PERCENTILE) -> int:
@@ -120,7 +129,9 @@ def lowpass_filter(
     return _align(signal.sosfiltfilt(sos, y, axis=-1), n)
 
 
-def prepare_lowpass(wave: np.ndarray, stft_mag: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+def prepare_lowpass(
+    wave: np.ndarray, stft_mag: np.ndarray | None = None, ftype: str = FILTER_TYPE
+) -> tuple[np.ndarray, float]:
     """The reference ``lowpass_filtering_prepare_inference`` for one channel.
 
     Args:
@@ -128,6 +139,8 @@ def prepare_lowpass(wave: np.ndarray, stft_mag: np.ndarray | None = None) -> tup
         channel): the reference filters the padded waveform.
       stft_mag: optional [T, 1024] magnitude STFT of ``wave`` (the ``stft`` output of
         ``audio.log_mel_spectrogram``); computed here with ``audio.stft_magnitude`` when omitted.
+      ftype: filter type; the reference's default seed 42 gives "ellip", other seeds see
+        :func:`reference_filter_type`.
     Returns:
       ``(lowpassed, cutoff_hz)``: float32 [N] low-passed waveform and the cutoff actually used (Hz).
       A detected cutoff below 1000 Hz is clamped to 1000 Hz with a logged warning (the reference crashes
@@ -150,5 +163,5 @@ def prepare_lowpass(wave: np.ndarray, stft_mag: np.ndarray | None = None) -> tup
             MIN_CUTOFF_HZ,
         )
         cutoff = MIN_CUTOFF_HZ
-    y = lowpass_filter(wave, cutoff, sr=SAMPLE_RATE, order=FILTER_ORDER, ftype=FILTER_TYPE)
+    y = lowpass_filter(wave, cutoff, sr=SAMPLE_RATE, order=FILTER_ORDER, ftype=ftype)
     return y.astype(np.float32), float(cutoff)

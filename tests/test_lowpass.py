@@ -139,3 +139,11 @@ def test_prepare_lowpass_below_1khz_clamps_and_warns(caplog):
 def test_prepare_lowpass_rejects_2d():
     with pytest.raises(ValueError):
         lp.prepare_lowpass(np.zeros((2, 4800), np.float32))
+
+
+def test_reference_filter_type_follows_the_seed():
+    assert lp.reference_filter_type(42) == "ellip" == lp.FILTER_TYPE
+    assert [lp.reference_filter_type(s) for s in (0, 1, 1234)] == ["butter", "cheby1", "bessel"]
+    x = audio.pad_to_segments(_band_noise(6000, seed=5, n=20000))
+    y, _ = lp.prepare_lowpass(x, ftype="bessel")
+    assert y.shape == x.shape and np.all(np.isfinite(y))
