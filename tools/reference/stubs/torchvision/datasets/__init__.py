@@ -1,0 +1,3 @@
+from .._placeholder import module_getattr
+
+__getattr__ = module_getattr("torchvision.datasets")
