@@ -12,6 +12,7 @@ it into place, so an interrupted save never leaves a half-written checkpoint und
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -50,8 +51,10 @@ class AudioSRWeights:
                 "has_cond_vae": "cond_vae" in self.params, "source": self.source}
 
 
+@functools.lru_cache(maxsize=16)
 def abstract_params(vae: VAEConfig, unet: UNetConfig, vocoder: VocoderConfig, frames: int = 64) -> dict:
-    """Param shapes of the three networks ({"vae", "unet", "vocoder"} of ShapeDtypeStructs), via eval_shape."""
+    """Param shapes of the three networks ({"vae", "unet", "vocoder"} of ShapeDtypeStructs), via eval_shape.
+    Cached per architecture (tracing the full model takes seconds); treat the result as read-only."""
     f = vae.downsample_factor
     key = jax.random.PRNGKey(0)
     mel = jax.ShapeDtypeStruct((1, frames, 256, 1), jnp.float32)
@@ -115,7 +118,7 @@ def load_weights(directory: str | os.PathLike) -> AudioSRWeights:
                           VocoderConfig.from_dict(arch["vocoder"]))
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{arch_path}: invalid architecture: {e}") from None
-    target = abstract_params(vae, unet, voc)
+    target = dict(abstract_params(vae, unet, voc))
     if arch.get("has_cond_vae"):
         target["cond_vae"] = {k: v for k, v in target["vae"].items() if k in ("encoder", "quant_conv")}
     try:

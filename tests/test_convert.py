@@ -75,7 +75,7 @@ def test_cond_vae_kept_only_when_it_differs(tiny_sd):
 
 @pytest.mark.parametrize("mutate,message", [
     (lambda sd: sd.pop(UNET + "out.2.weight"), "missing key.*out.2.weight"),
-    (lambda sd: sd.__setitem__(UNET + "bogus.weight", np.zeros(3, np.float32)), "unexpected key.*bogus.weight"),
+    (lambda sd: sd.__setitem__(UNET + "bogus.weight", np.zeros(3, np.float32)), "(unexpected.*bogus.weight|bogus.weight.*unexpected)"),
     (lambda sd: sd.__setitem__(VAE + "decoder.conv_out.bias", np.zeros(3, np.float32)), "shape mismatch.*decoder.conv_out.bias"),
     (lambda sd: sd.pop("scale_factor"), "scale_factor"),
     (lambda sd: sd.__setitem__("alphas_cumprod", np.linspace(1, 0, 1000, dtype=np.float32)), "cosine schedule"),
@@ -104,7 +104,8 @@ def test_file_formats_convert_identically(tmp_path, suffix, tiny_sd):
 
 def test_bf16_torch_checkpoint_is_read_as_float32(tmp_path, tiny_sd):
     path = tmp_path / "bf16.bin"
-    torch.save({"state_dict": {k: torch.from_numpy(np.ascontiguousarray(v)).to(torch.bfloat16) for k, v in tiny_sd.items()}}, path)
+    torch.save({"state_dict": {k: torch.from_numpy(np.ascontiguousarray(v)).to(torch.bfloat16 if v.ndim else torch.float32)
+                                for k, v in tiny_sd.items() if k != "alphas_cumprod"}}, path)
     weights, _ = convert_file(path)
     assert weights.params["vae"]["encoder"]["conv_in"]["kernel"].dtype == np.float32
 
@@ -138,7 +139,8 @@ def test_save_load_round_trip_and_no_overwrite(tmp_path, tiny_sd):
     assert arch["format"] == "audiosr-jax/1" and arch["vae"]["ch"] == VAEConfig.tiny().ch
     loaded = load_weights(out)
     assert loaded.unet == weights.unet and loaded.scale_factor == pytest.approx(weights.scale_factor)
-    for (pa, a), (pb, b) in zip(_leaves(loaded.params), _leaves(weights.params)):
+    for (pa, a), (pb, b) in zip(sorted(_leaves(loaded.params), key=lambda x: x[0]),
+                                sorted(_leaves(weights.params), key=lambda x: x[0])):
         assert pa == pb
         np.testing.assert_array_equal(a, b)
     with pytest.raises(CheckpointError, match="already exists"):

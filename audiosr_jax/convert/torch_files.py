@@ -79,7 +79,7 @@ def _open_torch(path: str) -> _StateDict:
         raise CheckpointError(f"{path}: reading .bin/.pth/.ckpt files needs PyTorch "
                               "(pip install torch==2.13.0, the CPU build); or convert it to .safetensors") from None
     if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path}: not a PyTorch zip checkpoint (truncated, corrupt, or a legacy/non-torch file)")
+        raise CheckpointError(f"{path}: not a PyTorch zip checkpoint (truncated or corrupt, or not a torch file)")
     try:
         obj = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except Exception as e:  # torch raises RuntimeError/UnpicklingError/EOFError... for bad files
