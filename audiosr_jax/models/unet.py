@@ -81,6 +81,10 @@ class UNetConfig:
                              f"depth >= 1: {self}")
         if self.in_channels < 1 or self.out_channels < 1 or self.num_head_channels < 1:
             raise ValueError(f"UNetConfig channel counts must be positive: {self}")
+        if self.channel_mult[0] != 1:
+            # The reference's final conv takes model_channels inputs while the last output block yields
+            # model_channels * channel_mult[0]; only mult 1 at the top level builds a working model.
+            raise ValueError(f"UNetConfig channel_mult must start with 1, got {self.channel_mult}")
         for m in self.channel_mult:
             ch = self.model_channels * m
             if m < 1 or ch % _GROUPS:
