@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-__all__ = ["UNetConfig", "UNetModel", "ResBlock", "SpatialTransformer", "BasicTransformerBlock",
+__all__ = ["UNetConfig", "UNetModel", "ResBlock", "SpatialTransformer", "BasicTransformerBlock", "Layer",
            "timestep_embedding", "unet_layout"]
 
 _GROUPS = 32  # GroupNorm32 / Normalize: always 32 groups
