@@ -16,7 +16,7 @@ from audiosr_jax.errors import CheckpointError
 from audiosr_jax.models.unet import UNetConfig
 from audiosr_jax.models.vae import VAEConfig
 from audiosr_jax.models.vocoder import VocoderConfig
-from audiosr_jax.testing import synthetic_torch_checkpoint, torch_shapes, write_synthetic_checkpoint
+from audiosr_jax.testing import WIDTHS, synthetic_torch_checkpoint, torch_shapes, write_synthetic_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,7 +44,7 @@ def test_full_inference_subset_matches_reference_counts():
 
 def test_convert_infers_architecture_and_keeps_values(tiny_sd):
     weights, report = convert_state_dict(tiny_sd, origin="tiny")
-    assert (weights.vae, weights.unet, weights.vocoder) == (VAEConfig.tiny(), UNetConfig.tiny(), VocoderConfig.tiny())
+    assert (weights.vae, weights.unet, weights.vocoder) == tuple(f() for f in WIDTHS["tiny"])
     assert weights.scale_factor == pytest.approx(0.55)
     assert "cond_vae" not in weights.params and "identical" in report.cond_vae
     assert report.ignored == {"schedule buffers": 1}
@@ -136,7 +136,7 @@ def test_save_load_round_trip_and_no_overwrite(tmp_path, tiny_sd):
     out = tmp_path / "ckpt"
     save_weights(weights, out)
     arch = json.loads((out / "architecture.json").read_text())
-    assert arch["format"] == "audiosr-jax/1" and arch["vae"]["ch"] == VAEConfig.tiny().ch
+    assert arch["format"] == "audiosr-jax/1" and arch["vae"]["ch_mult"] == [1, 1, 1, 1]
     loaded = load_weights(out)
     assert loaded.unet == weights.unet and loaded.scale_factor == pytest.approx(weights.scale_factor)
     for (pa, a), (pb, b) in zip(sorted(_leaves(loaded.params), key=lambda x: x[0]),
