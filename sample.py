@@ -61,6 +61,15 @@ def write_audio_atomic(path: str, waveform, sample_rate: int) -> None:
             os.remove(tmp)
 
 
+def _enable_compilation_cache() -> None:
+    """Persist compiled XLA programs so a second run skips compilation (tens of seconds at full width)."""
+    import jax
+
+    cache = os.environ.get("AUDIOSR_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "audiosr_jax", "xla"))
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from audiosr_jax.errors import UserError
@@ -73,6 +82,7 @@ def main(argv=None) -> int:
         if os.path.abspath(args.input) == os.path.abspath(args.output):
             raise UserError(f"{args.output}: output would overwrite the input")
         _check_output(args.output, args.overwrite)
+        _enable_compilation_cache()
         from audiosr_jax.audio import SAMPLE_RATE, prepare_waveform
         from audiosr_jax.checkpoint import load_weights
         from audiosr_jax.pipeline import SamplingOptions, super_resolve_waveform
