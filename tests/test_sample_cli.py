@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from audiosr_jax import sample_cli as sample
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-import sample  # noqa: E402
 
 
 def _tone(sr=16000, seconds=1.0, channels=1):

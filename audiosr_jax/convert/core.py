@@ -48,7 +48,7 @@ class ConversionReport:
     cond_vae: str = "same as first stage"
 
     def summary(self) -> str:
-        ign = ", ".join(f"{p}* ({n})" for p, n in sorted(self.ignored.items())) or "none"
+        ign = ", ".join(f"{p} ({n})" for p, n in sorted(self.ignored.items())) or "none"
         return f"used {self.used} tensors; skipped {ign}; conditioning VAE: {self.cond_vae}"
 
 
@@ -112,11 +112,11 @@ def convert_state_dict(tensors: Mapping, origin: str = "checkpoint") -> tuple[Au
     for k in tensors:
         if k in used:
             continue
-        ignored = next((p for p in IGNORED_PREFIXES if k.startswith(p)), None)
+        ignored = next((p + "*" for p in IGNORED_PREFIXES if k.startswith(p)), None)
         if ignored is None and k in SCHEDULE_BUFFERS:
             ignored = "schedule buffers"
         if ignored is None and k.startswith(COND_VAE):
-            ignored = COND_VAE
+            ignored = COND_VAE + "*"
         if ignored is not None:
             report.ignored[ignored] = report.ignored.get(ignored, 0) + 1
         else:
