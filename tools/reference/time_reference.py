@@ -15,7 +15,8 @@ latent). Progress goes to stderr; stdout gets exactly one JSON object {stage: se
   vocoder_s            first_stage_model.vocoder on [1, 256, 512] (245 776 samples)
   generate_batch_s     model.generate_batch with `--sampling-steps` DDIM steps, guidance 3.5, eta 1.0
   generate_batch_steps, guidance_scale, width, torch_threads, peak_rss_gb (ru_maxrss of this process),
-  loadavg_start / loadavg_end (1-min load average: the machine is shared, so read timings against it)
+  loadavg_start / loadavg_end (1-min load average: the machine is shared, so read timings against it),
+  rss_after_build_gb / rss_end_gb (VmRSS; the peak includes the transient numpy copy of the synthetic weights)
 
 Each single-module stage is timed `--repeats` times after `--warmup` untimed runs; the minimum is reported.
 """
@@ -23,6 +24,7 @@ Each single-module stage is timed `--repeats` times after `--warmup` untimed run
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -59,7 +61,17 @@ def timed(fn, repeats: int = 1, warmup: int = 0):
     return best, out
 
 
+def rss_gb() -> float:
+    """Current resident set size of this process in GB (VmRSS)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024 ** 2
+    return float("nan")
+
+
 def main(argv=None) -> None:
+    """Parse arguments, run the stages with the reference's own prints sent to stderr, print one JSON line."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--width", choices=sorted(rm.WIDTHS), default="reduced")
     ap.add_argument("--sampling-steps", type=int, default=50, help="DDIM steps for generate_batch (default 50)")
@@ -68,6 +80,12 @@ def main(argv=None) -> None:
     ap.add_argument("--warmup", type=int, default=0, help="untimed runs before each single-module stage")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     args = ap.parse_args(argv)
+    with contextlib.redirect_stdout(sys.stderr):  # audiosr prints progress to stdout
+        res = run(args)
+    print(json.dumps(res), flush=True)
+
+
+def run(args) -> dict:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
@@ -78,6 +96,7 @@ def main(argv=None) -> None:
     model, _, weights = rm.build_reference_model(args.width)
     del weights
     res["build_s"] = time.perf_counter() - t0
+    res["rss_after_build_gb"] = rss_gb()
     log(f"built the {args.width} model in {res['build_s']:.1f} s")
     rw = dict(repeats=args.repeats, warmup=args.warmup)
 
@@ -118,8 +137,9 @@ def main(argv=None) -> None:
     res["generate_batch_steps"] = args.sampling_steps
     res["guidance_scale"] = args.guidance_scale
     res["loadavg_end"] = os.getloadavg()[0]
+    res["rss_end_gb"] = rss_gb()
     res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
-    print(json.dumps(res))
+    return res
 
 
 if __name__ == "__main__":
