@@ -37,6 +37,9 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from audiosr_jax.models.blocks import Upsample
+from audiosr_jax.models.blocks import conv2d as _conv
+
 __all__ = ["UNetConfig", "UNetModel", "ResBlock", "SpatialTransformer", "BasicTransformerBlock", "Layer",
            "timestep_embedding", "unet_layout"]
 
@@ -228,12 +231,6 @@ def _layer_norm(x, name: str, dtype):
     return norm(x.astype(jnp.float32)).astype(dtype)
 
 
-def _conv(features: int, kernel: int, dtype, name: str, stride: int = 1):
-    pad = kernel // 2  # torch padding=1 for 3×3 (also with stride 2), 0 for 1×1
-    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
-                   dtype=dtype, param_dtype=jnp.float32, name=name)
-
-
 def _dense(features: int, dtype, name: str, use_bias: bool = True):
     return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, name=name)
 
@@ -353,18 +350,7 @@ class Downsample(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        return _conv(x.shape[-1], 3, self.dtype, "op", stride=2)(x)
-
-
-class Upsample(nn.Module):
-    """nearest ×2 in H and W, then conv 3×3. [B, H, W, C] → [B, 2H, 2W, C]."""
-
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-        return _conv(x.shape[-1], 3, self.dtype, "conv")(x)
+        return _conv(x.shape[-1], 3, self.dtype, "op", strides=2)(x)
 
 
 class UNetModel(nn.Module):

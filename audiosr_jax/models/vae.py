@@ -27,6 +27,9 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from audiosr_jax.models.blocks import Upsample
+from audiosr_jax.models.blocks import conv2d as _conv
+
 __all__ = ["VAEConfig", "AutoencoderKL", "Encoder", "Decoder", "ResnetBlock", "AttnBlock",
            "posterior_sample"]
 
@@ -100,13 +103,6 @@ def _norm(name):
                         param_dtype=jnp.float32, name=name)
 
 
-def _conv(features, kernel, dtype, name, strides=1, padding=None):
-    k = (kernel, kernel)
-    pad = padding if padding is not None else ((kernel // 2, kernel // 2),) * 2
-    return nn.Conv(features, k, strides=(strides, strides), padding=pad, dtype=dtype,
-                   param_dtype=jnp.float32, name=name)
-
-
 def _apply_norm(norm: nn.Module, x, dtype):
     return norm(x.astype(jnp.float32)).astype(dtype)
 
@@ -166,17 +162,6 @@ class Downsample(nn.Module):
     def __call__(self, x):
         # The asymmetric pad folded into the conv's explicit padding: identical to pad-then-VALID.
         return _conv(x.shape[-1], 3, self.dtype, "conv", strides=2, padding=((0, 1), (0, 1)))(x)
-
-
-class Upsample(nn.Module):
-    """Nearest-neighbour ×2 in H and W, then a 3×3 conv. [B, H, W, C] → [B, 2H, 2W, C]."""
-
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-        return _conv(x.shape[-1], 3, self.dtype, "conv")(x)
 
 
 class Encoder(nn.Module):
