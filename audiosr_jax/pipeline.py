@@ -30,17 +30,25 @@ from audiosr_jax.models.unet import UNetModel
 from audiosr_jax.models.vae import AutoencoderKL, posterior_sample
 from audiosr_jax.models.vocoder import HiFiGAN
 
-__all__ = ["Noise", "SamplingOptions", "draw_noise", "latent_shape", "generate", "super_resolve", "super_resolve_waveform",
-           "UNCONDITIONAL_LATENT"]
+__all__ = ["Noise", "SamplingOptions", "SAMPLERS", "item_keys", "draw_noise", "latent_shape", "num_sampler_steps",
+           "generate", "super_resolve_windows", "super_resolve", "super_resolve_waveform", "UNCONDITIONAL_LATENT"]
 
 # The "unconditional" condition: a constant latent (AUDIOSR.md §1.4), scaled like a real one.
 UNCONDITIONAL_LATENT = -11.4981
 
 
 class SamplingOptions(NamedTuple):
+    """How to sample. sampler: "ddim" (the reference's, stochastic with eta) or "dpmpp_2m" (deterministic
+    DPM-Solver++(2M)); dtype: compute dtype of the networks ("float32" or "bfloat16"; params stay float32)."""
+
     steps: int = 50
     guidance: float = 3.5
     eta: float = 1.0
+    sampler: str = "ddim"
+    dtype: str = "float32"
+
+
+SAMPLERS = ("ddim", "dpmpp_2m")
 
 
 class Noise(NamedTuple):
@@ -57,45 +65,90 @@ def latent_shape(frames: int, weights: AudioSRWeights) -> tuple[int, int, int]:
     return frames // f, audio.N_MELS // f, weights.vae.embed_dim
 
 
-def draw_noise(key: jax.Array, batch: int, latent: tuple[int, int, int], num_steps: int) -> Noise:
-    """Standard normal draws for one run: condition posterior, start latent, one per sampler step."""
-    k1, k2, k3 = jax.random.split(key, 3)
-    return Noise(jax.random.normal(k1, (batch, *latent)), jax.random.normal(k2, (batch, *latent)),
-                 jax.random.normal(k3, (num_steps, batch, *latent)))
+def item_keys(seed: int, channels, windows) -> jax.Array:
+    """One PRNG key per batch item from (seed, channel index, window index): an item's noise does not depend
+    on what else is in its batch, so batched and one-file runs of the same file give the same output."""
+    base = jax.random.PRNGKey(seed)
+    return jnp.stack([jax.random.fold_in(jax.random.fold_in(base, int(c)), int(w)) for c, w in zip(channels, windows)])
+
+
+def draw_noise(keys: jax.Array, latent: tuple[int, int, int], num_steps: int) -> Noise:
+    """Standard normal draws for a batch, item i from keys[i]: condition posterior, start latent, one per step."""
+
+    def one(key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        return (jax.random.normal(k1, latent), jax.random.normal(k2, latent),
+                jax.random.normal(k3, (num_steps, *latent)))
+
+    cond_eps, x_T, steps = jax.vmap(one)(keys)
+    return Noise(cond_eps, x_T, jnp.swapaxes(steps, 0, 1))
 
 
 def num_sampler_steps(options: SamplingOptions) -> int:
+    """Length of the noise.steps axis the sampler consumes."""
     return len(ddim_tables(cosine_alphas_cumprod(), options.steps, options.eta).timesteps)
 
 
-@functools.partial(jax.jit, static_argnames=("configs", "options"))
-def _generate(params, scale_factor, lowpass_mel, noise: Noise, *, configs, options: SamplingOptions):
+def _generate_body(params, scale_factor, lowpass_mel, noise: Noise, configs, options: SamplingOptions):
+    dtype = jnp.dtype(options.dtype)
     vae_cfg, unet_cfg, voc_cfg = configs
-    vae, unet, vocoder = AutoencoderKL(vae_cfg), UNetModel(unet_cfg), HiFiGAN(voc_cfg)
+    vae, unet, vocoder = AutoencoderKL(vae_cfg, dtype=dtype), UNetModel(unet_cfg, dtype=dtype), HiFiGAN(voc_cfg, dtype=dtype)
     cond_params = params.get("cond_vae", params["vae"])
     mean, logvar = vae.apply({"params": cond_params}, lowpass_mel[..., None], method=AutoencoderKL.encode)
     cond = posterior_sample(mean, logvar, noise.cond_eps)
     uncond = jnp.full_like(cond, UNCONDITIONAL_LATENT)
 
     def model(x, t, c):
-        return unet.apply({"params": params["unet"]}, jnp.concatenate([x, c * scale_factor], axis=-1), t)
+        v = unet.apply({"params": params["unet"]}, jnp.concatenate([x, c * scale_factor], axis=-1), t)
+        return v.astype(jnp.float32)
 
-    tables = ddim_tables(cosine_alphas_cumprod(), options.steps, options.eta)
+    alphas_cumprod = cosine_alphas_cumprod()
     denoise = classifier_free_guidance(model, cond, uncond, options.guidance)
-    latent = ddim_sample(denoise, noise.x_T, noise.steps, tables)
+    if options.sampler == "ddim":
+        latent = ddim_sample(denoise, noise.x_T, noise.steps, ddim_tables(alphas_cumprod, options.steps, options.eta))
+    elif options.sampler == "dpmpp_2m":
+        from audiosr_jax.diffusion.dpm_solver import dpmpp_2m_sample
+
+        latent = dpmpp_2m_sample(denoise, noise.x_T, alphas_cumprod, options.steps)
+    else:
+        raise ValueError(f"unknown sampler {options.sampler!r}; choose from {SAMPLERS}")
     mel = vae.apply({"params": params["vae"]}, latent / scale_factor, method=AutoencoderKL.decode)[..., 0]
     mel_replaced = postprocess.replace_low_mel(mel, lowpass_mel)
     waveform = vocoder.apply({"params": params["vocoder"]}, mel_replaced)
     return {"latent": latent, "mel": mel, "mel_replaced": mel_replaced, "waveform": waveform}
 
 
+@functools.partial(jax.jit, static_argnames=("configs", "options"))
+def _generate(params, scale_factor, lowpass_mel, noise: Noise, *, configs, options: SamplingOptions):
+    return _generate_body(params, scale_factor, lowpass_mel, noise, configs, options)
+
+
+@functools.partial(jax.jit, static_argnames=("configs", "options"))
+def _super_resolve_windows(params, scale_factor, lowpassed, noise: Noise, *, configs, options: SamplingOptions):
+    lowpass_mel, _ = audio.log_mel_spectrogram(lowpassed)
+    out = _generate_body(params, scale_factor, lowpass_mel, noise, configs, options)
+    return postprocess.replace_low_stft(out["waveform"], lowpassed)
+
+
+def _configs(weights: AudioSRWeights):
+    return (weights.vae, weights.unet, weights.vocoder)
+
+
 def generate(weights: AudioSRWeights, lowpass_mel: jax.Array, noise: Noise,
              options: SamplingOptions = SamplingOptions()) -> dict[str, jax.Array]:
     """Condition mel [B, T, 256] (log-mel of the low-passed input) → dict of
     latent [B, T/8, 32, 16], mel [B, T, 256] (decoded), mel_replaced [B, T, 256], waveform [B, 480·T+16]."""
-    configs = (weights.vae, weights.unet, weights.vocoder)
     return _generate(weights.params, jnp.float32(weights.scale_factor), lowpass_mel, noise,
-                     configs=configs, options=options)
+                     configs=_configs(weights), options=options)
+
+
+def super_resolve_windows(weights: AudioSRWeights, lowpassed: jax.Array, noise: Noise,
+                          options: SamplingOptions = SamplingOptions(), params=None) -> jax.Array:
+    """The device part of the pipeline, one XLA program: low-passed windows [B, N] (48 kHz, normalised,
+    N a multiple of 245,760) → log-mel → sampling → decode → mel copy → vocoder → STFT low-band copy →
+    [B, N + 16] (not yet normalised). `params` overrides weights.params (e.g. a device-sharded copy)."""
+    return _super_resolve_windows(weights.params if params is None else params, jnp.float32(weights.scale_factor),
+                                  lowpassed, noise, configs=_configs(weights), options=options)
 
 
 def super_resolve(weights: AudioSRWeights, path: str | os.PathLike, options: SamplingOptions = SamplingOptions(),
@@ -118,12 +171,11 @@ def super_resolve_waveform(weights: AudioSRWeights, wave: np.ndarray, info: dict
     prepared = [lowpass.prepare_lowpass(ch) for ch in wave]
     lowpassed = np.stack([p[0] for p in prepared]).astype(np.float32)
     info = dict(info, cutoff_hz=[float(p[1]) for p in prepared])
-    lowpass_mel, _ = audio.log_mel_spectrogram(jnp.asarray(lowpassed))
     if noise is None:
-        noise = draw_noise(jax.random.PRNGKey(seed), wave.shape[0], latent_shape(lowpass_mel.shape[1], weights),
-                           num_sampler_steps(options))
-    out = generate(weights, lowpass_mel, noise, options)
-    waveform = postprocess.replace_low_stft(out["waveform"], jnp.asarray(lowpassed))
+        channels = range(wave.shape[0])
+        noise = draw_noise(item_keys(seed, channels, [0] * wave.shape[0]),
+                           latent_shape(wave.shape[1] // audio.HOP, weights), num_sampler_steps(options))
+    waveform = super_resolve_windows(weights, jnp.asarray(lowpassed), noise, options)
     waveform = np.asarray(postprocess.normalize_output(waveform))
     if not np.all(np.isfinite(waveform)):
         raise AudioError(f"{name}: the model produced non-finite samples (NaN/inf); nothing written")

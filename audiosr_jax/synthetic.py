@@ -37,7 +37,7 @@ def synthetic_tensor(name: str, shape: Sequence[int], seed: int = 0) -> np.ndarr
         fan_in = shape[0] * shape[2] / 2.0
     else:
         fan_in = float(np.prod(shape[1:]))
-    return (x / np.sqrt(fan_in)).astype(np.float32)
+    return x / np.float32(np.sqrt(fan_in))  # float32 division in every numpy version
 
 
 def synthetic_state_dict(shapes: Mapping[str, Sequence[int]], seed: int = 0) -> dict[str, np.ndarray]:

@@ -67,7 +67,7 @@ def run_ours(width: str, steps: int) -> dict:
     from audiosr_jax.models.unet import UNetModel
     from audiosr_jax.models.vae import AutoencoderKL
     from audiosr_jax.models.vocoder import HiFiGAN
-    from audiosr_jax.pipeline import SamplingOptions, draw_noise, latent_shape, num_sampler_steps, super_resolve_waveform
+    from audiosr_jax.pipeline import SamplingOptions, draw_noise, item_keys, latent_shape, num_sampler_steps, super_resolve_waveform
     from audiosr_jax.synthetic import parity_clip
     from audiosr_jax.testing import synthetic_torch_checkpoint
 
@@ -105,7 +105,7 @@ def run_ours(width: str, steps: int) -> dict:
     res["vocoder_first_s"], res["vocoder_s"] = _timed(lambda: vo(pw, mel))
 
     options = SamplingOptions(steps=steps, guidance=3.5, eta=1.0)
-    noise = draw_noise(jax.random.PRNGKey(42), 1, (h, w, c), num_sampler_steps(options))
+    noise = draw_noise(item_keys(42, [0], [0]), (h, w, c), num_sampler_steps(options))
     res["sampling_first_s"], res["sampling_s"] = _timed(
         lambda: super_resolve_waveform(weights, wave, info, options, noise=noise)[0], repeats=1)
     res["sampling_steps"] = steps
