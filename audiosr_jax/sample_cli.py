@@ -1,10 +1,15 @@
-"""Super-resolve one audio file to 48 kHz with a converted AudioSR checkpoint.
+"""Super-resolve audio to 48 kHz with a converted AudioSR checkpoint: one file, or thousands.
 
-    python sample.py IN -o OUT --checkpoint DIR [--steps 50] [--guidance 3.5] [--eta 1.0] [--seed 42]
+    python sample.py IN.wav -o OUT.wav --checkpoint DIR [--steps 50] [--guidance 3.5] [--eta 1.0] [--seed 42]
+    python sample.py music/ speech/*.flac @list.txt -o OUTDIR --checkpoint DIR [--batch-size 4] [--sampler dpmpp_2m]
 
-IN: anything soundfile reads (wav, flac, ogg, ...), any sample rate, mono or stereo. OUT: a 48 kHz file whose
-format follows its extension; it appears only when complete (written to a temporary file, then renamed).
-User errors print one line and exit with status 2.
+Inputs: files, folders (recursive), globs, or @FILE lists; anything soundfile reads, any rate, any length
+(long audio in overlapping 10.24 s windows), every channel (up to --max-channels). One input with an audio
+OUTPUT path writes that file; otherwise OUTPUT is a folder that mirrors the inputs' layout, existing
+outputs are skipped (--overwrite redoes them), and a report (JSON, or CSV by extension) lists every file's
+status, cutoff, duration, windows and seconds. Outputs appear only when complete (temporary file + rename).
+Exit status: 0 all written or skipped; 1 some files failed (named in the report and at the end); 2 a user
+error (bad flag, missing checkpoint, or the single input is unusable); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -12,25 +17,41 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("input", help="input audio file")
-    p.add_argument("-o", "--output", required=True, help="output audio file (48 kHz)")
+    p.add_argument("inputs", nargs="+", help="audio files, folders, globs, or @list.txt")
+    p.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
     p.add_argument("--checkpoint", required=True, help="checkpoint directory (python -m audiosr_jax.convert ...)")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50, as the official CLI)")
+    p.add_argument("--steps", type=int, default=50, help="sampler steps (default 50, as the official CLI)")
     p.add_argument("--guidance", type=float, default=3.5, help="classifier-free guidance scale (default 3.5)")
     p.add_argument("--eta", type=float, default=1.0, help="DDIM eta; 1.0 = stochastic, as the reference")
+    p.add_argument("--sampler", default="ddim", choices=["ddim", "dpmpp_2m"], help="default ddim (the reference's)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="network compute dtype")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--batch-size", type=int, default=1, help="windows per device per batch (default 1)")
+    p.add_argument("--devices", type=int, default=0, help="use the first N local devices (default: all)")
     p.add_argument("--max-channels", type=int, default=2, help="refuse inputs with more channels (default 2)")
-    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    p.add_argument("--match-loudness", action="store_true", help="restore each input's integrated loudness")
+    p.add_argument("--overwrite", action="store_true", help="redo outputs that exist")
+    p.add_argument("--report", help="report path (.json or .csv); default OUTPUT/report.json for folders")
+    p.add_argument("--multihost", action="store_true", help="jax.distributed.initialize(); each host takes its share")
+    p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
 
-def _check_output(path: str, overwrite: bool) -> None:
+def _enable_compilation_cache() -> None:
+    """Persist compiled XLA programs so a second run skips compilation (tens of seconds at full width)."""
+    import jax
+
+    cache = os.environ.get("AUDIOSR_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "audiosr_jax", "xla"))
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def _check_output_file(path: str, overwrite: bool) -> None:
     import soundfile as sf
 
     from audiosr_jax.errors import UserError
@@ -45,64 +66,77 @@ def _check_output(path: str, overwrite: bool) -> None:
         raise UserError(f"{path}: output directory {parent} does not exist")
 
 
-def write_audio_atomic(path: str, waveform, sample_rate: int) -> None:
-    """Write [C, n] float audio to `path` via a temporary file in the same directory and a rename."""
-    import soundfile as sf
-
-    parent = os.path.dirname(os.path.abspath(path))
-    ext = os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=ext, dir=parent)
-    os.close(fd)
-    try:
-        sf.write(tmp, waveform.T, sample_rate, format=ext.lstrip(".").upper())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _enable_compilation_cache() -> None:
-    """Persist compiled XLA programs so a second run skips compilation (tens of seconds at full width)."""
-    import jax
-
-    cache = os.environ.get("AUDIOSR_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "audiosr_jax", "xla"))
-    jax.config.update("jax_compilation_cache_dir", cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     from audiosr_jax.errors import UserError
 
     try:
-        if args.steps < 1 or args.steps > 1000:
+        if not 1 <= args.steps <= 1000:
             raise UserError(f"--steps must be in [1, 1000], got {args.steps}")
-        if not os.path.exists(args.input):
-            raise UserError(f"{args.input}: no such file")
-        if os.path.abspath(args.input) == os.path.abspath(args.output):
-            raise UserError(f"{args.output}: output would overwrite the input")
-        _check_output(args.output, args.overwrite)
-        _enable_compilation_cache()
-        from audiosr_jax.audio import SAMPLE_RATE, prepare_waveform
-        from audiosr_jax.checkpoint import load_weights
-        from audiosr_jax.pipeline import SamplingOptions, super_resolve_waveform
+        if args.batch_size < 1:
+            raise UserError(f"--batch-size must be ≥ 1, got {args.batch_size}")
+        from audiosr_jax.inputs import assign_outputs, expand_inputs, shard_for_host
 
-        start = time.perf_counter()
-        wave, info = prepare_waveform(args.input, max_channels=args.max_channels)  # bad audio fails before loading weights
+        jobs = assign_outputs(expand_inputs(args.inputs), args.output)
+        single = len(jobs) == 1 and jobs[0].output == args.output
+        if single:
+            if not os.path.exists(jobs[0].input):
+                raise UserError(f"{jobs[0].input}: no such file")
+            if os.path.abspath(jobs[0].input) == os.path.abspath(jobs[0].output):
+                raise UserError(f"{jobs[0].output}: output would overwrite the input")
+            _check_output_file(jobs[0].output, args.overwrite)
+        _enable_compilation_cache()
+        import jax
+        import numpy as np
+        from jax.sharding import Mesh
+
+        from audiosr_jax.batch import BatchConfig, run_batch, write_report
+        from audiosr_jax.checkpoint import load_weights
+        from audiosr_jax.pipeline import SamplingOptions
+
+        if args.multihost:
+            jax.distributed.initialize()
+            jobs = shard_for_host(jobs, jax.process_index(), jax.process_count())
+        if single:  # bad audio fails before the (large) checkpoint is loaded
+            from audiosr_jax.audio import load_audio
+
+            load_audio(jobs[0].input, max_channels=args.max_channels)
         weights = load_weights(args.checkpoint)
-        options = SamplingOptions(steps=args.steps, guidance=args.guidance, eta=args.eta)
-        waveform, info = super_resolve_waveform(weights, wave, info, options, seed=args.seed, name=args.input)
-        write_audio_atomic(args.output, waveform, SAMPLE_RATE)
+        devices = jax.local_devices()[: args.devices or None]
+        cfg = BatchConfig(options=SamplingOptions(args.steps, args.guidance, args.eta, args.sampler, args.dtype),
+                          seed=args.seed, batch_per_device=args.batch_size, max_channels=args.max_channels,
+                          overwrite=args.overwrite or single, match_loudness=args.match_loudness)
+        start = time.perf_counter()
+        results = run_batch(weights, jobs, cfg, mesh=Mesh(np.asarray(devices), ("data",)),
+                            progress=not (args.no_progress or single))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: nothing written", file=sys.stderr)
+        print("interrupted: finished outputs are complete; nothing partial was written", file=sys.stderr)
         return 130
-    cut = ", ".join(f"{c / 1000:.1f} kHz" for c in info.get("cutoff_hz", []))
-    print(f"{args.input} -> {args.output}: {waveform.shape[1] / SAMPLE_RATE:.2f} s, {waveform.shape[0]} channel(s), "
-          f"detected cutoff {cut}, {time.perf_counter() - start:.1f} s")
-    return 0
+
+    elapsed = time.perf_counter() - start
+    failed = [r for r in results if r.status == "failed"]
+    if single:
+        r = results[0]
+        if failed:
+            print(f"error: {r.reason}", file=sys.stderr)
+            return 2
+        cut = ", ".join(f"{c / 1000:.1f} kHz" for c in r.cutoff_hz)
+        print(f"{r.input} -> {r.output}: {r.duration_s:.2f} s, {r.channels} channel(s), detected cutoff {cut}, "
+              f"{r.windows} window(s), {elapsed:.1f} s")
+        return 0
+    report = args.report or os.path.join(args.output, "report.json")
+    write_report(results, report)
+    done = sum(r.status == "ok" for r in results)
+    skipped = sum(r.status == "skipped" for r in results)
+    audio_s = sum(r.duration_s for r in results if r.status == "ok")
+    print(f"{done} written, {skipped} skipped, {len(failed)} failed in {elapsed:.1f} s "
+          f"({audio_s / max(elapsed, 1e-9):.2f} s of audio per second); report: {report}")
+    for r in failed:
+        print(f"failed: {r.reason}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,263 @@
+"""Batch inference: many files of any length and channel count, windows batched over every local device.
+
+Flow (host ↔ device):
+  file → load, resample, normalise (host) → per channel: cutoff detection and low-pass over the whole
+  channel (host, scipy) → fixed-length windows (`windows.plan_windows`: 5.12 s or 10.24 s, longer audio
+  in overlapping 10.24 s windows) → work items (file, channel, window) queued per window length →
+  full batches of `batch_size` items, padded with silent dummies so every batch of a length has one shape →
+  `pipeline.super_resolve_windows` (one XLA program per length, batch sharded over a Mesh of all local
+  devices, params replicated) → outputs scattered back to their files → cross-fade (`windows.overlap_add`),
+  normalise, cut to the input's length, written atomically (temp file + rename).
+
+Each item's noise comes from (seed, channel, window), so a file's output does not depend on its batch
+neighbours and equals the one-file path (`pipeline.super_resolve_waveform`) for files of one window.
+A bad file never stops the run: it is reported with a one-line reason. Multi-host: each process takes its
+round-robin share of the file list (`inputs.shard_for_host`) and runs on its own local devices.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+import time
+from collections import defaultdict, deque
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import soundfile as sf
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from audiosr_jax import audio, lowpass, postprocess, windows
+from audiosr_jax.checkpoint import AudioSRWeights
+from audiosr_jax.errors import UserError
+from audiosr_jax.inputs import Job
+from audiosr_jax.pipeline import SamplingOptions, draw_noise, item_keys, latent_shape, num_sampler_steps, super_resolve_windows
+
+__all__ = ["BatchConfig", "FileResult", "run_batch", "write_audio_atomic", "write_report", "local_mesh"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchConfig:
+    options: SamplingOptions = SamplingOptions()
+    seed: int = 42
+    batch_per_device: int = 1
+    max_channels: int = 2
+    max_window_segments: int = 2  # windows of at most 2 × 5.12 s, the training crop length
+    overwrite: bool = False
+    match_loudness: bool = False
+
+
+@dataclasses.dataclass
+class FileResult:
+    input: str
+    output: str
+    status: str  # "ok", "failed", "skipped"
+    reason: str = ""
+    duration_s: float = 0.0
+    channels: int = 0
+    sample_rate: int = 0
+    windows: int = 0
+    cutoff_hz: list = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclasses.dataclass
+class _File:
+    job: Job
+    result: FileResult
+    plan: windows.WindowPlan
+    lowpassed: np.ndarray  # [C, num_windows, window]
+    out: np.ndarray  # [C, num_windows, window + 16], filled as batches come back
+    loudness: float | None
+    remaining: int
+    start: float
+
+
+def local_mesh() -> Mesh:
+    """A 1-D mesh ("data",) over this process's devices."""
+    return Mesh(np.asarray(jax.local_devices()), ("data",))
+
+
+def write_audio_atomic(path: str, waveform: np.ndarray, sample_rate: int) -> None:
+    """Write [C, n] float audio to `path` via a hidden temporary file in the same folder and a rename, so a
+    crash or Ctrl-C never leaves a partial file under the final name."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    ext = os.path.splitext(path)[1]
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".partial-", suffix=ext, dir=parent)
+    os.close(fd)
+    try:
+        fmt = ext.lstrip(".").upper()
+        subtype = {"WAV": "PCM_24", "FLAC": "PCM_24", "AIFF": "PCM_24"}.get(fmt)  # 24-bit: no audible quantisation
+        sf.write(tmp, np.ascontiguousarray(waveform.T), sample_rate, format=fmt, subtype=subtype)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _remove_stale_partials(folder: str) -> None:
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            if name.startswith(".") and ".partial-" in name:
+                os.remove(os.path.join(folder, name))
+
+
+def _loudness(x: np.ndarray, sr: int) -> float | None:
+    import pyloudnorm
+
+    try:
+        value = pyloudnorm.Meter(sr).integrated_loudness(x.T)
+    except ValueError:  # shorter than one 400 ms gating block
+        return None
+    return float(value) if np.isfinite(value) else None
+
+
+def _prepare(job: Job, cfg: BatchConfig, result: FileResult) -> _File:
+    wave, info = audio.prepare_waveform(job.input, max_channels=cfg.max_channels)  # [C, N] normalised, padded
+    n = int(info["samples"])
+    loud = None
+    if cfg.match_loudness:
+        raw, sr = audio.load_audio(job.input, max_channels=cfg.max_channels)
+        loud = _loudness(raw, sr)
+    plan = windows.plan_windows(n, max_window=cfg.max_window_segments * audio.SEGMENT_SAMPLES)
+    cover = plan.starts[-1] + plan.window
+    wave = wave[:, :cover] if wave.shape[1] >= cover else np.pad(wave, ((0, 0), (0, cover - wave.shape[1])))
+    lp, cutoffs = [], []
+    for ch in wave:
+        x, cutoff = lowpass.prepare_lowpass(ch)
+        lp.append(x)
+        cutoffs.append(float(cutoff))
+    lowpassed = windows.cut_windows(np.stack(lp).astype(np.float32), plan)
+    result.duration_s, result.channels, result.sample_rate = n / audio.SAMPLE_RATE, wave.shape[0], int(info["orig_sr"])
+    result.windows, result.cutoff_hz = len(plan.starts), cutoffs
+    out = np.zeros((*lowpassed.shape[:2], plan.window + 16), np.float32)
+    return _File(job, result, plan, lowpassed, out, loud, lowpassed.shape[0] * lowpassed.shape[1], time.perf_counter())
+
+
+def _finish(f: _File, cfg: BatchConfig) -> None:
+    n = int(round(f.result.duration_s * audio.SAMPLE_RATE))
+    if len(f.plan.starts) == 1:
+        y = f.out[:, 0]  # [C, window + 16]: normalised over the whole window, as the one-file path does
+    else:
+        y = windows.overlap_add(f.out[..., : f.plan.window], f.plan)
+    y = np.asarray(postprocess.normalize_output(jnp.asarray(y)))[:, :n]
+    if not np.all(np.isfinite(y)):
+        raise UserError(f"{f.job.input}: the model produced non-finite samples (NaN/inf); nothing written")
+    if f.loudness is not None:
+        now = _loudness(y, audio.SAMPLE_RATE)
+        if now is not None:
+            y = y * 10 ** ((f.loudness - now) / 20)
+            peak = np.max(np.abs(y))
+            if peak > 0.999:  # keep it writable without clipping
+                y = y * (0.999 / peak)
+    write_audio_atomic(f.job.output, y, audio.SAMPLE_RATE)
+
+
+def run_batch(weights: AudioSRWeights, jobs: list[Job], cfg: BatchConfig = BatchConfig(), mesh: Mesh | None = None,
+              progress: bool = True) -> list[FileResult]:
+    """Super-resolve every job (input → output path). Returns one FileResult per job, in job order.
+
+    Never raises for a bad input file: its result has status "failed" and a one-line reason.
+    """
+    from tqdm import tqdm
+
+    mesh = mesh or local_mesh()
+    devices = mesh.devices.size
+    batch = cfg.batch_per_device * devices
+    data_sharding, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+    params = jax.device_put(weights.params, replicated)
+    steps = num_sampler_steps(cfg.options)
+    results = {j.input: FileResult(j.input, j.output, "pending") for j in jobs}
+    queues: dict[int, deque] = defaultdict(deque)  # window length → (file, channel, window) items
+    files: dict[str, _File] = {}
+    for folder in {os.path.dirname(os.path.abspath(j.output)) for j in jobs}:
+        _remove_stale_partials(folder)
+
+    bar = tqdm(total=len(jobs), unit="file", disable=not progress, desc="audiosr-jax")
+
+    def finish(f: _File):
+        try:
+            _finish(f, cfg)
+            f.result.status = "ok"
+        except (UserError, OSError) as e:
+            f.result.status, f.result.reason = "failed", str(e)
+        except Exception as e:
+            f.result.status, f.result.reason = "failed", f"{f.job.input}: unexpected error: {type(e).__name__}: {e}"
+        f.result.seconds += time.perf_counter() - f.start
+        files.pop(f.job.input, None)
+        bar.update(1)
+
+    def run(length: int, force: bool):
+        q = queues[length]
+        while len(q) >= batch or (force and q):
+            items = [q.popleft() for _ in range(min(batch, len(q)))]
+            real = len(items)
+            x = np.zeros((batch, length), np.float32)
+            chans, wins = [], []
+            for i, (f, c, w) in enumerate(items):
+                x[i] = f.lowpassed[c, w]
+                chans.append(c)
+                wins.append(w)
+            chans += [0] * (batch - real)  # dummies: silent input, output discarded
+            wins += [0] * (batch - real)
+            noise = draw_noise(item_keys(cfg.seed, chans, wins), latent_shape(length // audio.HOP, weights), steps)
+            noise = type(noise)(*(jax.device_put(a, NamedSharding(mesh, P(*([None] * (a.ndim - 4)), "data")))
+                                  for a in noise))
+            y = super_resolve_windows(weights, jax.device_put(x, data_sharding), noise, cfg.options, params=params)
+            y = np.asarray(y)
+            for i, (f, c, w) in enumerate(items):
+                f.out[c, w] = y[i]
+                f.remaining -= 1
+                if f.remaining == 0:
+                    finish(f)
+
+    try:
+        for job in jobs:
+            res = results[job.input]
+            if os.path.exists(job.output) and not cfg.overwrite:
+                res.status, res.reason = "skipped", "output exists (use --overwrite to redo)"
+                bar.update(1)
+                continue
+            try:
+                f = _prepare(job, cfg, res)
+            except UserError as e:
+                res.status, res.reason = "failed", str(e)
+            except Exception as e:  # a batch job goes on past any one file; the reason is reported
+                res.status, res.reason = "failed", f"{job.input}: unexpected error: {type(e).__name__}: {e}"
+            if res.status == "failed":
+                bar.update(1)
+                continue
+            files[job.input] = f
+            for c in range(f.lowpassed.shape[0]):
+                for w in range(f.lowpassed.shape[1]):
+                    queues[f.plan.window].append((f, c, w))
+            run(f.plan.window, force=False)
+        for length in list(queues):
+            run(length, force=True)
+    finally:
+        bar.close()
+    return [results[j.input] for j in jobs]
+
+
+def write_report(results: list[FileResult], path: str) -> None:
+    """JSON (path ending .json) or CSV report, one entry per file."""
+    rows = [dataclasses.asdict(r) for r in results]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as fh:
+        if path.endswith(".csv"):
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["input"])
+            writer.writeheader()
+            for r in rows:
+                writer.writerow({**r, "cutoff_hz": ";".join(f"{c:.0f}" for c in r["cutoff_hz"])})
+        else:
+            json.dump(rows, fh, indent=1)
+    os.replace(tmp, path)

@@ -1,0 +1,138 @@
+"""Batch inference: mixed folders with bad files, equality with the one-file path, 8 devices = 1 device."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+import soundfile as sf
+from jax.sharding import Mesh
+
+from audiosr_jax import audio
+from audiosr_jax.batch import BatchConfig, run_batch
+from audiosr_jax.checkpoint import load_weights
+from audiosr_jax.inputs import assign_outputs, expand_inputs
+from audiosr_jax.pipeline import SamplingOptions, super_resolve_waveform
+from audiosr_jax.sample_cli import main as sample_main
+
+OPTIONS = SamplingOptions(steps=2)
+
+
+def _signal(sr, seconds, channels=1, seed=0, cutoff=None):
+    rng = np.random.default_rng(seed)
+    n = max(1, int(sr * seconds))
+    t = np.arange(n) / sr
+    x = 0.3 * np.sin(2 * np.pi * 330 * t)[:, None] + 0.05 * rng.standard_normal((n, channels))
+    if cutoff:
+        spec = np.fft.rfft(x, axis=0)
+        spec[np.fft.rfftfreq(n, 1 / sr) > cutoff] = 0
+        x = np.fft.irfft(spec, n, axis=0)
+    return x.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def weights(tiny_checkpoint_dir):
+    return load_weights(tiny_checkpoint_dir)
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(tmp_path_factory):
+    d = tmp_path_factory.mktemp("in")
+    good = {
+        "mono_16k.wav": (_signal(16000, 1.0, cutoff=4000), 16000),
+        "stereo_44k.flac": (_signal(44100, 2.0, channels=2, seed=1, cutoff=6000), 44100),
+        "sub/short_0.05s.wav": (_signal(48000, 0.05, seed=2), 48000),
+        "rate_96k.wav": (_signal(96000, 0.5, seed=3, cutoff=8000), 96000),
+        "rate_8k.ogg": (_signal(8000, 1.0, seed=4), 8000),
+        "fullband_48k.wav": (_signal(48000, 1.0, seed=5), 48000),
+    }
+    for name, (x, sr) in good.items():
+        os.makedirs(d / os.path.dirname(name), exist_ok=True)
+        sf.write(d / name, x, sr)
+    (d / "corrupt.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + os.urandom(40))
+    (d / "empty.flac").write_bytes(b"")
+    (d / "notes.wav").write_text("not audio at all\n" * 10)
+    x = _signal(16000, 1.0)
+    x[10] = np.nan
+    sf.write(d / "nan.wav", x, 16000, subtype="FLOAT")
+    sf.write(d / "silent.wav", np.zeros((16000, 1), np.float32), 16000)
+    sf.write(d / "eight_channels.wav", _signal(16000, 0.5, channels=8), 16000)
+    bad = ["corrupt.wav", "empty.flac", "notes.wav", "nan.wav", "silent.wav", "eight_channels.wav"]
+    return d, sorted(good), bad
+
+
+def test_folder_with_bad_files(tmp_path, tiny_checkpoint_dir, mixed_folder, capsys):
+    src, good, bad = mixed_folder
+    out = tmp_path / "out"
+    code = sample_main([str(src), "-o", str(out), "--checkpoint", tiny_checkpoint_dir, "--steps", "2",
+                        "--batch-size", "2", "--devices", "1", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 1  # some failed
+    report = {os.path.relpath(r["input"], src): r for r in json.load(open(out / "report.json"))}
+    for name in good:
+        r = report[name]
+        assert r["status"] == "ok", r
+        y, sr = sf.read(os.path.join(out, os.path.splitext(name)[0] + ".wav"), always_2d=True)
+        x_info = sf.info(os.path.join(src, name))
+        assert sr == 48000 and y.shape[1] == x_info.channels
+        assert abs(y.shape[0] - x_info.duration * 48000) <= 2 and np.all(np.isfinite(y))
+    for name in bad:
+        r = report[name]
+        assert r["status"] == "failed" and name in r["reason"] and "\n" not in r["reason"], r
+        assert name in captured.err
+    assert not os.path.exists(out / "corrupt.wav")
+    leftovers = [f for _, _, fs in os.walk(out) for f in fs if f.startswith(".")]
+    assert leftovers == []
+    # A rerun skips what is done and retries nothing new.
+    code = sample_main([str(src), "-o", str(out), "--checkpoint", tiny_checkpoint_dir, "--steps", "2",
+                        "--devices", "1", "--no-progress", "--report", str(tmp_path / "r.csv")])
+    assert code == 1
+    rows = open(tmp_path / "r.csv").read()
+    assert rows.count(",skipped,") == len(good) and rows.count(",failed,") == len(bad)
+
+
+def test_batched_equals_one_file_path(tmp_path, weights):
+    paths = []
+    for i, (sr, sec, ch) in enumerate([(16000, 1.0, 1), (48000, 2.5, 2), (22050, 0.7, 1)]):
+        p = tmp_path / f"f{i}.wav"
+        sf.write(p, _signal(sr, sec, channels=ch, seed=i, cutoff=3000 + 1000 * i), sr)
+        paths.append(str(p))
+    jobs = assign_outputs(expand_inputs(paths), str(tmp_path / "out"))
+    cfg = BatchConfig(options=OPTIONS, seed=7, batch_per_device=3)
+    results = run_batch(weights, jobs, cfg, mesh=Mesh(np.asarray(jax.devices()[:1]), ("data",)), progress=False)
+    assert [r.status for r in results] == ["ok"] * 3
+    for job in jobs:
+        wave, info = audio.prepare_waveform(job.input)
+        want, _ = super_resolve_waveform(weights, wave, info, OPTIONS, seed=7)
+        got, _ = sf.read(job.output, always_2d=True, dtype="float32")
+        np.testing.assert_allclose(got.T, want, atol=1e-5)  # 24-bit output, fp32 batch-size effects
+
+
+def test_eight_devices_give_the_same_outputs_as_one(tmp_path, weights):
+    assert len(jax.devices()) == 8
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"g{i}.wav"
+        sf.write(p, _signal(16000, 1.0 + i, channels=1 + i % 2, seed=10 + i, cutoff=4000), 16000)
+        paths.append(str(p))
+    outs = {}
+    for n_dev in (1, 8):
+        jobs = assign_outputs(expand_inputs(paths), str(tmp_path / f"out{n_dev}"))
+        cfg = BatchConfig(options=OPTIONS, seed=3, batch_per_device=1)
+        mesh = Mesh(np.asarray(jax.devices()[:n_dev]), ("data",))
+        assert [r.status for r in run_batch(weights, jobs, cfg, mesh=mesh, progress=False)] == ["ok"] * 3
+        outs[n_dev] = [sf.read(j.output, dtype="float32")[0] for j in jobs]
+    for a, b in zip(outs[1], outs[8]):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_long_file_is_windowed_and_cross_faded(tmp_path, weights):
+    p = tmp_path / "long.wav"
+    sf.write(p, _signal(16000, 12.0, cutoff=4000), 16000)
+    jobs = assign_outputs(expand_inputs([str(p)]), str(tmp_path / "o" / "long.wav"))
+    [r] = run_batch(weights, jobs, BatchConfig(options=OPTIONS, batch_per_device=2),
+                    mesh=Mesh(np.asarray(jax.devices()[:1]), ("data",)), progress=False)
+    assert r.status == "ok" and r.windows >= 2
+    y, sr = sf.read(jobs[0].output)
+    assert sr == 48000 and len(y) == 12 * 48000 and np.all(np.isfinite(y))
