@@ -1,0 +1,322 @@
+"""Fast samplers (DPM-Solver++(2M), UniPC) against DDIM and the exact probability-flow ODE of a Gaussian toy.
+
+The toy: data x₀ ~ N(μ, s²) independently per dimension. Its noisy marginals are Gaussian, so the oracle
+denoiser (posterior mean → v) and the probability-flow ODE have closed forms: the flow keeps the standardised
+value z = (x_t − α_t·μ)/√(α_t²s² + σ_t²) constant. Every sampler is then an affine map of x_T per dimension,
+which makes the distribution checks exact up to the discretisation error.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from audiosr_jax.diffusion.dpm_solver import (
+    dpmpp_2m_sample,
+    dpmpp_2m_timesteps,
+    multistep_sample,
+    multistep_tables,
+    sampler_timesteps,
+    unipc_sample,
+)
+from audiosr_jax.diffusion.samplers import DDIMTables, ddim_sample, ddim_tables, ddim_timesteps
+from audiosr_jax.diffusion.schedules import cosine_alphas_cumprod
+
+AC = cosine_alphas_cumprod()
+MU = np.array([0.7, -0.3, 1.2, 0.0, -1.0, 0.4, 0.2, -0.6])
+STD = np.array([0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5])
+SAMPLERS = {"dpmpp_2m": dpmpp_2m_sample, "unipc": unipc_sample}
+
+
+def gaussian_denoiser(mu, std):
+    """Oracle v-prediction for x₀ ~ N(mu, std²) per dimension (last axis): v = (α·x_t − E[x₀|x_t])/σ."""
+    ac = jnp.asarray(AC, jnp.float32)
+    mu, var = jnp.asarray(mu, jnp.float32), jnp.asarray(np.square(std), jnp.float32)
+
+    def denoise(x, t):
+        a = ac[t].reshape((-1,) + (1,) * (x.ndim - 1))
+        alpha, sigma = jnp.sqrt(a), jnp.sqrt(1.0 - a)
+        x0 = mu + alpha * var / (a * var + 1.0 - a) * (x - alpha * mu)
+        return ((alpha * x - x0) / sigma).astype(x.dtype)
+
+    return denoise
+
+
+def exact_flow(x, t_from, t_to, mu=MU, std=STD):
+    """Probability-flow ODE solution from x at t_from to t_to (float64, closed form)."""
+    a0, a1 = AC[t_from], AC[t_to]
+    z = (x - np.sqrt(a0) * mu) / np.sqrt(a0 * std ** 2 + 1 - a0)
+    return np.sqrt(a1) * mu + np.sqrt(a1 * std ** 2 + 1 - a1) * z
+
+
+def posterior_mean(x, t, mu=MU, std=STD):
+    a = AC[t]
+    return mu + np.sqrt(a) * std ** 2 / (a * std ** 2 + 1 - a) * (x - np.sqrt(a) * mu)
+
+
+def exact_sampler_output(x_T, timesteps):
+    """What a multistep sampler converges to: the ODE from timesteps[0] to t=1, then x̂₀ there."""
+    return posterior_mean(exact_flow(np.asarray(x_T, np.float64), timesteps[0], timesteps[-1]), timesteps[-1])
+
+
+def standard_normal(shape, seed=0):
+    """Normal draws standardised per last-axis dimension, so their sample mean/std are exactly 0/1."""
+    x = np.random.default_rng(seed).standard_normal(shape)
+    x = (x - x.mean(0)) / x.std(0)
+    return jnp.asarray(x, jnp.float32)
+
+
+def rms(a, b):
+    return float(np.sqrt(np.mean((np.asarray(a, np.float64) - b) ** 2)))
+
+
+def toy_errors(steps, x_T=None, spacing="logsnr"):
+    """RMS error vs the exact ODE solution from the same start: {sampler: [error per step count]}.
+
+    DDIM is the reference sampler (η=0 on its own grid, ending at the ᾱ₀ level, compared with the ODE solution
+    there); the others return x̂₀ at t=1 and are compared with x̂₀ of the exact solution at t=1.
+    """
+    x_T = standard_normal((256, len(MU)), 1) if x_T is None else x_T
+    den = gaussian_denoiser(MU, STD)
+    out = {"ddim": [], "dpmpp_2m": [], "unipc": []}
+    for n in steps:
+        tab = ddim_tables(AC, n, eta=0.0)
+        x = ddim_sample(den, x_T, jnp.zeros((len(tab.timesteps),) + x_T.shape), tab)
+        out["ddim"].append(rms(x, exact_flow(np.asarray(x_T, np.float64), tab.timesteps[0], 0)))
+        ts = dpmpp_2m_timesteps(n, spacing=spacing)
+        for name, fn in SAMPLERS.items():
+            out[name].append(rms(fn(den, x_T, AC, n, spacing), exact_sampler_output(x_T, ts)))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ grids
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 10, 20, 50, 200, 998])
+def test_logsnr_grid_spans_998_to_1(n):
+    ts = dpmpp_2m_timesteps(n)
+    assert len(ts) == n and ts[0] == 998 and ts[-1] == 1 or n == 1
+    assert np.all(np.diff(ts) < 0)
+    np.testing.assert_array_equal(ts, sampler_timesteps(n, AC))
+
+
+def test_logsnr_grid_is_uniform_in_lambda():
+    lam = 0.5 * np.log(AC[:999] / (1 - AC[:999]))
+    steps = np.diff(lam[dpmpp_2m_timesteps(20)])
+    target = (lam[1] - lam[998]) / 19
+    # integer rounding only distorts the two ends of the cosine schedule, where one t is a large λ step
+    np.testing.assert_allclose(steps[5:-2], target, rtol=0.05)
+    assert steps.min() > 0.3 * target
+
+
+@pytest.mark.parametrize("n", [2, 3, 10, 20, 50, 200])
+def test_uniform_grid_is_the_reference_ddim_grid(n):
+    np.testing.assert_array_equal(sampler_timesteps(n, AC, "uniform"), ddim_timesteps(n)[::-1])
+
+
+def test_grid_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="spacing"):
+        sampler_timesteps(10, AC, "karras")
+    for n in (0, 999):
+        with pytest.raises(ValueError, match="steps"):
+            sampler_timesteps(n, AC)
+    with pytest.raises(ValueError, match="descending"):
+        multistep_tables(AC, np.array([1, 5]))
+    ac = AC.copy()
+    ac[500] = 0.0  # ᾱ = 0 is only allowed at the first timestep
+    with pytest.raises(ValueError, match="alpha_cumprod = 0"):
+        multistep_tables(ac, np.array([999, 500, 1]))
+
+
+# ------------------------------------------------------------------------------------------------ algebra
+
+
+def _dpmpp_2m_textbook(denoise, x_T, ts):
+    """DPM-Solver++(2M) written directly from Lu et al. (2022), Algorithm 2, in λ, in float64 NumPy."""
+    a = AC[ts]
+    alpha, sigma, lam = np.sqrt(a), np.sqrt(1 - a), 0.5 * np.log(a / (1 - a))
+    x, d_old = np.asarray(x_T, np.float64), None
+    for i in range(len(ts)):
+        v = np.asarray(denoise(jnp.asarray(x, jnp.float32), jnp.full((x.shape[0],), ts[i], jnp.int32)), np.float64)
+        d = alpha[i] * x - sigma[i] * v
+        if i == len(ts) - 1:
+            return d
+        h = lam[i + 1] - lam[i]
+        if d_old is None:
+            dd = d
+        else:
+            r = (lam[i] - lam[i - 1]) / h
+            dd = (1 + 1 / (2 * r)) * d - 1 / (2 * r) * d_old
+        x = sigma[i + 1] / sigma[i] * x - alpha[i + 1] * np.expm1(-h) * dd
+        d_old = d
+
+
+def _nonlinear_denoiser(x, t):
+    """A smooth, non-linear stand-in for a network: v depends on x and t non-trivially."""
+    tf = t.astype(jnp.float32).reshape((-1,) + (1,) * (x.ndim - 1)) / 1000.0
+    return jnp.tanh(1.3 * x + tf) * (0.5 + tf) + 0.1 * jnp.sin(3.0 * x * tf)
+
+
+@pytest.mark.parametrize("spacing", ["logsnr", "uniform"])
+def test_dpmpp_2m_matches_textbook_update(spacing):
+    x_T = standard_normal((3, 6), 2)
+    ts = sampler_timesteps(12, AC, spacing)
+    got = dpmpp_2m_sample(_nonlinear_denoiser, x_T, AC, 12, spacing)
+    np.testing.assert_allclose(np.asarray(got), _dpmpp_2m_textbook(_nonlinear_denoiser, x_T, ts), rtol=1e-4, atol=1e-4)
+
+
+def test_first_order_method_is_ddim_eta0():
+    # On the reference grid, all but the last step are DDIM(η=0) steps; DDIM's last step goes to the ᾱ₀ level
+    # where ours returns x̂₀ at t=1. So DDIM's output = √ᾱ₀·x̂₀ + √(1−ᾱ₀)·ε̂ with ours as x̂₀.
+    x_T = standard_normal((4, 5), 3)
+    n = 10
+    ddim = ddim_sample(_nonlinear_denoiser, x_T, jnp.zeros((n,) + x_T.shape), ddim_tables(AC, n, eta=0.0))
+    ts = sampler_timesteps(n, AC, "uniform")
+    x0 = multistep_sample(_nonlinear_denoiser, x_T, multistep_tables(AC, ts, "ddim"))
+    # ε̂ at t=1 from DDIM's own output: x_end = √ᾱ₀·x̂₀ + √(1−ᾱ₀)·ε̂ with x_1 = √ᾱ₁·x̂₀ + √(1−ᾱ₁)·ε̂
+    eps = (np.asarray(ddim) - np.sqrt(AC[0]) * np.asarray(x0)) / np.sqrt(1 - AC[0])
+    x1 = np.sqrt(AC[1]) * np.asarray(x0) + np.sqrt(1 - AC[1]) * eps
+    v1 = np.asarray(_nonlinear_denoiser(jnp.asarray(x1, jnp.float32), jnp.ones((4,), jnp.int32)))
+    np.testing.assert_allclose(np.sqrt(AC[1]) * x1 - np.sqrt(1 - AC[1]) * v1, x0, atol=2e-4)
+
+
+def test_network_called_once_per_grid_timestep_in_order():
+    seen = []
+
+    def denoise(x, t):
+        jax.debug.callback(lambda tt: seen.append(int(tt[0])), t, ordered=True)
+        return _nonlinear_denoiser(x, t)
+
+    for fn in SAMPLERS.values():
+        seen.clear()
+        jax.block_until_ready(fn(denoise, standard_normal((2, 3)), AC, 7))
+        jax.effects_barrier()
+        assert seen == list(dpmpp_2m_timesteps(7))
+
+
+# ------------------------------------------------------------------------------------------------ Gaussian toy
+
+
+def _law(sample):
+    sample = np.asarray(sample, np.float64)
+    return sample.mean(0), sample.std(0)
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpmpp_2m", "unipc"])
+def test_gaussian_toy_distribution_is_recovered(name):
+    # x_T has exact sample moments 0/1 and every sampler is affine in x_T here, so the output's sample
+    # mean/std are its exact law's: the tolerance measures the sampler, not the Monte Carlo noise.
+    x_T = standard_normal((2048, len(MU)), 4)
+    den = gaussian_denoiser(MU, STD)
+    if name == "ddim":
+        tab = ddim_tables(AC, 200, eta=0.0)
+        out = ddim_sample(den, x_T, jnp.zeros((200,) + x_T.shape), tab)
+    else:
+        out = SAMPLERS[name](den, x_T, AC, 25)
+    mean, std = _law(out)
+    keep = STD >= 0.1  # s = 0.05 ≈ 5σ at t=1: no sampler that stops at t=1 resolves it (see the floor test)
+    np.testing.assert_allclose(mean[keep], MU[keep], atol=0.03 * STD[keep].max())
+    np.testing.assert_array_less(np.abs(mean - MU)[keep] / STD[keep], 0.03)
+    np.testing.assert_allclose(std[keep], STD[keep], rtol=0.03)
+
+
+def test_end_at_t1_floor_for_the_finest_scale():
+    # x̂₀ at t=1 shrinks a scale s by 1/√(1 + σ₁²/(α₁s)²) relative to the ODE endpoint: 1.7 % for s = 0.05.
+    x_T = standard_normal((2048, len(MU)), 4)
+    _, std = _law(dpmpp_2m_sample(gaussian_denoiser(MU, STD), x_T, AC, 50))
+    shrink = 1 / np.sqrt(1 + (1 - AC[1]) / (AC[1] * STD ** 2))
+    np.testing.assert_allclose(std / STD, shrink, atol=0.01)
+
+
+@pytest.mark.parametrize("spacing", ["logsnr", "uniform"])
+@pytest.mark.parametrize("n", [2, 5, 50])
+def test_point_mass_is_recovered(spacing, n):
+    mu = np.linspace(-1.5, 2.0, 6)
+    den = gaussian_denoiser(mu, np.zeros_like(mu))
+    x_T = standard_normal((64, 6), 5) * 3
+    for fn in SAMPLERS.values():
+        np.testing.assert_allclose(np.asarray(fn(den, x_T, AC, n, spacing)), np.broadcast_to(mu, x_T.shape), atol=1e-3)
+
+
+def test_point_mass_through_ddim_keeps_alpha0_noise():
+    # The reference DDIM ends at the ᾱ₀ level: x = √ᾱ₀·μ + √(1−ᾱ₀)·ε with ε the start noise carried along the
+    # flow, i.e. an offset of ≈0.0064·|x_T| that the fast samplers do not have.
+    mu = np.linspace(-1.5, 2.0, 6)
+    den = gaussian_denoiser(mu, np.zeros_like(mu))
+    x_T = standard_normal((64, 6), 5)
+    tab = ddim_tables(AC, 50, eta=0.0)
+    out = np.asarray(ddim_sample(den, x_T, jnp.zeros((50,) + x_T.shape), tab))
+    t0 = tab.timesteps[0]
+    eps = (np.asarray(x_T, np.float64) - np.sqrt(AC[t0]) * mu) / np.sqrt(1 - AC[t0])
+    np.testing.assert_allclose(out, np.sqrt(AC[0]) * mu + np.sqrt(1 - AC[0]) * eps, atol=2e-5)
+
+
+def test_exact_flow_is_the_1000_step_ddim_solution():
+    # The closed form used as the reference is what DDIM(η=0) converges to: 998 steps over every integer t
+    # from 998 (ᾱ > 0) to 1 agree with it to DDIM's first-order error, and halving the steps doubles that.
+    x_T = standard_normal((256, len(MU)), 6)
+    den = gaussian_denoiser(MU, STD)
+    errs = []
+    for stride in (1, 2):
+        ts = np.arange(998, 1, -stride)  # 998 … 2 (or 3), then a last DDIM step onto t=1
+        a = AC[ts]
+        a_prev = np.append(AC[ts[1:]], AC[1])
+        tab = DDIMTables(ts.astype(np.int32), np.sqrt(a).astype(np.float32), np.sqrt(1 - a).astype(np.float32),
+                         a_prev.astype(np.float32), np.zeros(len(ts), np.float32))
+        x1 = ddim_sample(den, x_T, jnp.zeros((len(ts),) + x_T.shape), tab)
+        errs.append(rms(x1, exact_flow(np.asarray(x_T, np.float64), 998, 1)))
+    assert errs[0] < 3e-3  # vs 1.4e-2 / 3.6e-3 for DPM-Solver++(2M) at 20 / 40 steps
+    assert 1.8 < errs[1] / errs[0] < 2.2
+
+
+def test_convergence_orders():
+    # Against the exact ODE solution from each run's start: DDIM (reference grid) is first order, ×2 per
+    # doubling; DPM-Solver++(2M) second order, ×4 from 20 steps on (at 10 steps its λ-steps are 1.2 and the
+    # leading error term does not dominate yet: ×2.0 from 10 to 20); UniPC third order, ×8 from 20 steps on.
+    e = toy_errors([10, 20, 40, 80])
+    ratio = {k: np.array(v[:-1]) / np.array(v[1:]) for k, v in e.items()}
+    assert np.all((1.7 < ratio["ddim"]) & (ratio["ddim"] < 2.3)), ratio
+    assert ratio["dpmpp_2m"][0] > 1.8 and np.all((3.3 < ratio["dpmpp_2m"][1:]) & (ratio["dpmpp_2m"][1:] < 5)), ratio
+    assert ratio["unipc"][0] > 3 and np.all(ratio["unipc"][1:] > 6.5), ratio
+    e = {k: np.array(v) for k, v in e.items()}
+    assert np.all(e["dpmpp_2m"] < 0.35 * e["ddim"]), e
+    assert np.all(e["unipc"][1:] < 0.75 * e["dpmpp_2m"][1:]), e
+
+
+# ------------------------------------------------------------------------------------------------ jit / dtype
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_jit_batch_of_three(name):
+    fn = SAMPLERS[name]
+    x_T = jax.random.normal(jax.random.key(0), (3, 4, 6, 2))
+    run = jax.jit(lambda x: fn(_nonlinear_denoiser, x, AC, 8))
+    out = run(x_T)
+    assert out.shape == x_T.shape and out.dtype == x_T.dtype
+    assert bool(jnp.all(jnp.isfinite(out)))
+    np.testing.assert_allclose(np.asarray(out), np.asarray(fn(_nonlinear_denoiser, x_T, AC, 8)), atol=1e-5)
+    # Each batch item is sampled independently.
+    np.testing.assert_allclose(np.asarray(run(x_T)[1:2]), np.asarray(fn(_nonlinear_denoiser, x_T[1:2], AC, 8)),
+                               atol=1e-5)
+
+
+def test_bf16_input_keeps_dtype_and_float32_state():
+    x_T = standard_normal((8, len(MU)), 7)
+    den = gaussian_denoiser(MU, STD)
+    out = dpmpp_2m_sample(den, x_T.astype(jnp.bfloat16), AC, 20)
+    assert out.dtype == jnp.bfloat16
+    ref = dpmpp_2m_sample(den, x_T, AC, 20)
+    np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref), atol=0.05)
+
+
+def test_start_at_zero_snr_is_finite_and_first_order():
+    # A table may start at ᾱ = 0 (λ = −∞, x_T exactly the state there): the first step is the first-order limit
+    # x₁ = σ₁·x_T + α₁·x̂₀ and the next one first order too (h_{i−1}/h_i = ∞); the result is the ODE solution.
+    x_T = standard_normal((64, len(MU)), 8)
+    den = gaussian_denoiser(MU, STD)
+    ts = np.concatenate([[999], dpmpp_2m_timesteps(10)])
+    for method in ("dpmpp_2m", "unipc"):
+        tab = multistep_tables(AC, ts, method)
+        assert np.all(np.isfinite(tab.predictor)) and np.all(np.isfinite(tab.corrector))
+        out = multistep_sample(den, x_T, tab)
+        assert rms(out, exact_sampler_output(x_T, ts)) < 0.05  # 0.03–0.04 at 10 steps from t=998
