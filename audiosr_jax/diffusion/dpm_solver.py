@@ -17,9 +17,10 @@ Conventions (shared by both samplers):
   as the reference DDIM does. The default ("logsnr") is uniform in λ from the largest t with ᾱ > 0 (998 for
   AudioSR) to t = 1, rounded to integers. "uniform" is the reference DDIM's own grid t = k·⌊T/S⌋ + 1 (first t
   = 981 for 50 steps), for a like-for-like comparison with DDIM at equal steps. Why λ-uniform: on the Gaussian
-  toy of tests/test_samplers.py it has 2–7× smaller ODE error than time-uniform grids at 10–20 steps (the
-  cosine schedule's λ(t) is steep at both ends, so time-uniform steps there are huge in λ, which a multistep
-  method extrapolating over h_{i−1}/h_i handles badly), and it shows the clean asymptotic orders.
+  toy of tests/test_samplers.py it has 2–3× smaller ODE error than DDIM's time-uniform grid at 10–50 steps (the
+  cosine schedule's λ(t) is steep at both ends, so time-uniform steps there are large in λ, which a multistep
+  method extrapolating over h_{i−1}/h_i handles badly), it shows the clean asymptotic orders, and its start
+  at 998 removes the start bias below.
 * **Start, x_T and zero terminal SNR.** AudioSR's ᾱ_999 = 0 (σ = 1, λ = −∞) is never a grid point: a start
   there moves to the largest t with ᾱ > 0. As in the reference DDIM, x_T (standard normal) is used as the state
   at the first timestep. The true marginal there is √ᾱ·x₀ + √(1−ᾱ)·ε, so this drops a signal part of relative
@@ -32,6 +33,15 @@ Conventions (shared by both samplers):
   the ᾱ₀ = 0.99996 level and so leaves √(1−ᾱ₀) = 0.0064 of predicted noise in its output. Returning x̂₀ costs no
   extra network call and makes a point-mass data distribution come out exact; a second-order step to σ = 0 is
   not defined (r → 0), so this is the usual choice (k-diffusion, diffusers' final_sigmas_type="zero").
+
+Measured on that toy (RMS error vs the exact ODE solution; data std 0.05–1.5):
+
+    steps                     5        10       20       50
+    DDIM η=0, DDIM grid     1.4e-1   8.4e-2   4.6e-2   2.0e-2
+    DPM-Solver++(2M)        1.6e-1   2.7e-2   1.4e-2   2.3e-3
+    UniPC                   1.4e-1   4.4e-2   1.0e-2   6.9e-4
+
+so UniPC pays from about 20 steps on; at 10 steps DPM-Solver++(2M) is the better of the two.
 
 A denoiser is `denoise(x_t [B, ...], t [B] int32) -> v` (see `samplers.classifier_free_guidance`). The state is
 carried in float32 whatever x_T's dtype (a bf16 network only sees a rounded copy of it); the result has x_T's
@@ -220,8 +230,8 @@ def multistep_tables(alphas_cumprod: np.ndarray, timesteps: np.ndarray, method: 
             p = pred_order[i - 1]
             hh = -h[i - 1]
             ratio = sigma[i] / sigma[i - 1]
-            b_h = math.expm1(hh)  # e^{−h} − 1
-            base0 = -alpha[i] * b_h  # coefficient of D_{i−1} in the first-order step
+            b_h = math.expm1(hh)  # e^{−h} − 1 ("bh2": B(h) is the first-order step's own factor)
+            g = -alpha[i] * b_h  # α_i·(1 − e^{−h})
             r1 = (lam[i - 2] - lam[i - 1]) / h[i - 1] if p > 1 else -np.inf  # h_{i−2}/h_{i−1}, negated
             if not np.isfinite(r1):  # first order before, or a step from λ = −∞: the order-1 corrector
                 p = 1
@@ -229,11 +239,10 @@ def multistep_tables(alphas_cumprod: np.ndarray, timesteps: np.ndarray, method: 
             else:
                 b = _phi_b(hh, 2)
                 rho_1, rho_t = np.linalg.solve(np.array([[1.0, 1.0], [r1, 1.0]]), np.array(b))
-            # x_i = ratio·x_{i−1} − α_i·B·[D_{i−1}·(−1)…]: expand −α_i·B·(ρ_1·(D_{i−2} − D_{i−1})/r1 + ρ_t·(D_i − D_{i−1}))
-            g = -alpha[i] * b_h
+            # x_i = ratio·x_{i−1} + g·[D_{i−1} + ρ_1·(D_{i−2} − D_{i−1})/r1 + ρ_t·(D_i − D_{i−1})]
             c0 = g * rho_t
             c2 = g * rho_1 / r1 if p > 1 else 0.0
-            c1 = base0 - c0 - c2
+            c1 = g - c0 - c2
             corr[i] = (ratio, c0, c1, c2)
             correct[i] = 1.0
         correct[S - 1] = 0.0  # its correction would only feed the final σ → 0 step, which ignores x
@@ -254,14 +263,16 @@ def multistep_sample(denoise: Denoiser, x_T: jax.Array, tables: MultistepTables)
     state = jnp.promote_types(dtype, jnp.float32)  # float32, or float64 under jax_enable_x64 with f64 input
     x0 = x_T.astype(state)
     zeros = jnp.zeros_like(x0)
+    use_corrector = bool(np.any(np.asarray(tables.correct)))
 
     def step(carry, inputs):
         x_prev, x, d1, d2 = carry  # x_prev: corrected state at the previous t (UniC's base)
         t, a, s, pc, cc, do_corr = inputs
         v = denoise(x.astype(dtype), jnp.full((batch,), t, jnp.int32)).astype(state)
         d0 = a * x - s * v  # data prediction x̂₀ = α·x_t − σ·v
-        x_c = cc[0] * x_prev + cc[1] * d0 + cc[2] * d1 + cc[3] * d2
-        x = jnp.where(do_corr > 0, x_c, x)
+        if use_corrector:  # static: DDIM / DPM-Solver++ tables skip it entirely
+            x_c = cc[0] * x_prev + cc[1] * d0 + cc[2] * d1 + cc[3] * d2
+            x = jnp.where(do_corr > 0, x_c, x)
         x_next = pc[0] * x + pc[1] * d0 + pc[2] * d1
         return (x, x_next, d0, d1), None
 
