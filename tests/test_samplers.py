@@ -95,7 +95,7 @@ def toy_errors(steps, x_T=None, spacing="logsnr"):
 @pytest.mark.parametrize("n", [1, 2, 5, 10, 20, 50, 200, 998])
 def test_logsnr_grid_spans_998_to_1(n):
     ts = dpmpp_2m_timesteps(n)
-    assert len(ts) == n and ts[0] == 998 and ts[-1] == 1 or n == 1
+    assert len(ts) == n and ts[0] == 998 and (ts[-1] == 1 or n == 1)
     assert np.all(np.diff(ts) < 0)
     np.testing.assert_array_equal(ts, sampler_timesteps(n, AC))
 

@@ -94,6 +94,7 @@ def sampler_timesteps(num_steps: int, alphas_cumprod: np.ndarray, spacing: str =
         each point rounded to the nearest integer t.
       * "uniform": the reference DDIM's grid, time-uniform from (S−1)·⌊T/S⌋+1 down to 1. When S divides T this
         is exactly `samplers.ddim_timesteps(S)` reversed; otherwise DDIM takes a few extra steps, here S is exact.
+    With num_steps = 1 the single call is at the first timestep (998, or 1 for "uniform" as in DDIM).
     Rounding never repeats a timestep (near the ends of the cosine schedule one integer step is a large λ step,
     so several λ targets can round to the same t; they are spread to neighbouring integers).
     """
@@ -121,6 +122,8 @@ def sampler_timesteps(num_steps: int, alphas_cumprod: np.ndarray, spacing: str =
 
 def _strictly_descending(ts: np.ndarray, t_first: int) -> np.ndarray:
     """Nudge rounded timesteps so that they strictly decrease from t_first to 1 (no zero-length step)."""
+    if len(ts) == 1:  # one call: the x̂₀ prediction at the first timestep
+        return np.array([t_first], np.int64)
     ts = ts.copy()
     n = len(ts)
     ts[0], ts[-1] = t_first, 1
