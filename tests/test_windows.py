@@ -99,9 +99,10 @@ def test_cut_then_overlap_add_is_exact(n):
         assert w.shape == (2, p.num_windows, p.window) and w.dtype == np.float32
         for i, s in enumerate(p.starts):
             np.testing.assert_array_equal(w[:, i], x[:, s : s + p.window])
-        y = overlap_add(w, p)
-        assert y.shape == x.shape and y.dtype == np.float32
-        np.testing.assert_allclose(y, x, rtol=0, atol=4e-6 * np.abs(x).max())
+        for compensate in (True, False):
+            y = overlap_add(w, p, compensate=compensate)
+            assert y.shape == x.shape and y.dtype == np.float32
+            np.testing.assert_allclose(y, x, rtol=0, atol=4e-6 * np.abs(x).max())
 
 
 def test_constant_stays_constant_and_weights_sum_to_one():
@@ -119,7 +120,40 @@ def test_constant_stays_constant_and_weights_sum_to_one():
     assert 1 - 1e-3 < wts[0, a - s0] < 1 and 0 < wts[0, b - 1 - s0] < 1e-3 and wts[0, b - s0] == 0
     assert 0 < wts[1, a - s1] < 1e-3 and wts[1, a - 1 - s1] == 0
     const = np.full((p.num_windows, p.window), 0.37, np.float32)
-    np.testing.assert_allclose(overlap_add(const, p), 0.37, rtol=1e-6)
+    for compensate in (True, False):
+        np.testing.assert_allclose(overlap_add(const, p, compensate=compensate), 0.37, rtol=1e-6)
+
+
+def _seam_level_db(y, p):
+    """Level at the seam centres (±50 ms) relative to the middle of the first window, dB: [seams]."""
+    e = np.mean(y**2, axis=0)
+    ref = np.mean(e[: p.seams[0][0] - p.window // 4])
+    return np.array([10 * np.log10(np.mean(e[(a + b) // 2 - 2400 : (a + b) // 2 + 2400]) / ref) for a, b in p.seams])
+
+
+def test_compensation_keeps_the_level_of_uncorrelated_windows():
+    n = 3 * S + 5000
+    p = plan_windows(n)
+    rng = np.random.default_rng(4)
+    indep = rng.standard_normal((16, p.num_windows, p.window))  # every window its own noise: rho = 0
+    plain, comp = (_seam_level_db(overlap_add(indep, p, compensate=c), p) for c in (False, True))
+    assert np.all(np.abs(plain + 3.0) < 0.4)  # sin²/cos²: -3 dB at the centre
+    assert np.all(np.abs(comp) < 0.4)
+    # half shared, half independent: plain dips (rho = 0.5: -1.25 dB), compensated does not
+    shared = cut_windows(rng.standard_normal((16, n)), p) + rng.standard_normal((16, p.num_windows, p.window))
+    plain, comp = (_seam_level_db(overlap_add(shared, p, compensate=c), p) for c in (False, True))
+    assert np.all(np.abs(plain + 1.25) < 0.4) and np.all(np.abs(comp) < 0.4)
+    # a band shared and a band independent: only the independent band is raised
+    lo_sos = signal.butter(8, 4000, fs=48000, output="sos")
+    low = signal.sosfiltfilt(lo_sos, rng.standard_normal((4, n)))
+    high = indep[:4] - signal.sosfiltfilt(lo_sos, indep[:4])
+    y = overlap_add(cut_windows(low, p) + high, p)
+    y_low = signal.sosfiltfilt(lo_sos, y)
+    np.testing.assert_allclose(_seam_level_db(y_low, p), _seam_level_db(low, p), atol=0.2)
+    assert np.all(np.abs(_seam_level_db(y - y_low, p)) < 0.5)
+    # short fades are left plain
+    short = plan_windows(n, fade=1000)
+    np.testing.assert_array_equal(overlap_add(indep[:2], short), overlap_add(indep[:2], short, compensate=False))
 
 
 def test_seam_flux_detects_a_hard_splice_but_not_a_cross_fade():
