@@ -40,6 +40,7 @@ cross-fade versus all other frames.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -243,8 +244,11 @@ def overlap_add(windows: np.ndarray, plan: WindowPlan, compensate: bool = True) 
 _COMP_FFT, _COMP_HOP, _COMP_SMOOTH = 2048, 512, 4
 
 
+@functools.lru_cache(maxsize=8)
 def _hann(n: int) -> np.ndarray:
-    return 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)
+    w = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)  # periodic Hann
+    w.flags.writeable = False
+    return w
 
 
 def _stft_centred(x: np.ndarray) -> np.ndarray:
@@ -259,15 +263,24 @@ def _stft_centred(x: np.ndarray) -> np.ndarray:
 def _istft_centred(spec: np.ndarray, length: int) -> np.ndarray:
     """Inverse of :func:`_stft_centred` (weighted overlap-add, Hann synthesis window): [..., T, F] -> [..., L]."""
     n, h = _COMP_FFT, _COMP_HOP
-    t = spec.shape[-2]
+    k, t = n // h, spec.shape[-2]  # the hop divides n_fft: frame j, block i lands on output block j + i
     frames = np.fft.irfft(spec, n, axis=-1) * _hann(n)
-    total = (t - 1) * h + n
-    out = np.zeros((*spec.shape[:-2], total))
-    norm = np.zeros(total)
-    for j in range(t):
-        out[..., j * h : j * h + n] += frames[..., j, :]
-        norm[j * h : j * h + n] += _hann(n) ** 2
-    return (out / np.maximum(norm, 1e-12))[..., n // 2 : n // 2 + length]
+    blocks = frames.reshape(*frames.shape[:-1], k, h)
+    w2 = (_hann(n) ** 2).reshape(k, h)
+    out = np.zeros((*spec.shape[:-2], t + k - 1, h))
+    norm = np.zeros((t + k - 1, h))
+    for i in range(k):
+        out[..., i : i + t, :] += blocks[..., i, :]
+        norm[i : i + t] += w2[i]
+    out = (out / np.maximum(norm, 1e-12)).reshape(*spec.shape[:-2], -1)
+    return out[..., n // 2 : n // 2 + length]
+
+
+def _moving_sum(v: np.ndarray, half: int) -> np.ndarray:
+    """Sum over the bins [f - half, f + half] (clipped to the axis) along the last axis."""
+    c = np.concatenate([np.zeros((*v.shape[:-1], 1)), np.cumsum(v, axis=-1)], axis=-1)
+    idx = np.arange(v.shape[-1])
+    return c[..., np.minimum(idx + half + 1, v.shape[-1])] - c[..., np.maximum(idx - half, 0)]
 
 
 def _compensate_seam(y: np.ndarray, x1: np.ndarray, x2: np.ndarray, a: int) -> np.ndarray:
@@ -286,15 +299,13 @@ def _compensate_seam(y: np.ndarray, x1: np.ndarray, x2: np.ndarray, a: int) -> n
     Returns:
       [..., L] float64 correction (zero where no scaling applies).
     """
-    from scipy.ndimage import uniform_filter1d
-
     f = x1.shape[-1]
     n, h = _COMP_FFT, _COMP_HOP
-    # cross-spectra over frames lying wholly inside the fade
+    # cross-spectra over frames lying wholly inside the fade (half-overlapping frames are enough here)
     seg = lambda v: np.lib.stride_tricks.sliding_window_view(  # noqa: E731
-        np.asarray(v, np.float64), n, axis=-1)[..., ::h, :] * _hann(n)
+        np.asarray(v, np.float64), n, axis=-1)[..., :: n // 2, :] * _hann(n)
     s1, s2 = np.fft.rfft(seg(x1), axis=-1), np.fft.rfft(seg(x2), axis=-1)
-    smooth = lambda v: uniform_filter1d(v, 2 * _COMP_SMOOTH + 1, axis=-1, mode="nearest")  # noqa: E731
+    smooth = lambda v: _moving_sum(v, _COMP_SMOOTH)  # noqa: E731
     num = smooth(np.sum(np.real(s1 * np.conj(s2)), axis=-2))
     den = np.sqrt(smooth(np.sum(np.abs(s1) ** 2, axis=-2)) * smooth(np.sum(np.abs(s2) ** 2, axis=-2)))
     tiny = 1e-12 * np.max(den, axis=-1, keepdims=True) + 1e-300
