@@ -23,6 +23,7 @@ import numpy as np
 
 from audiosr_jax import audio, lowpass, postprocess
 from audiosr_jax.checkpoint import AudioSRWeights
+from audiosr_jax.diffusion.dpm_solver import dpmpp_2m_sample, unipc_sample
 from audiosr_jax.diffusion.samplers import classifier_free_guidance, ddim_sample, ddim_tables
 from audiosr_jax.diffusion.schedules import cosine_alphas_cumprod
 from audiosr_jax.errors import AudioError
@@ -38,8 +39,8 @@ UNCONDITIONAL_LATENT = -11.4981
 
 
 class SamplingOptions(NamedTuple):
-    """How to sample. sampler: "ddim" (the reference's, stochastic with eta) or "dpmpp_2m" (deterministic
-    DPM-Solver++(2M)); dtype: compute dtype of the networks ("float32" or "bfloat16"; params stay float32)."""
+    """How to sample. sampler: "ddim" (the reference's, stochastic with eta), "dpmpp_2m" (DPM-Solver++(2M))
+    or "unipc" (UniPC), the last two deterministic on a log-SNR grid from t=998; dtype: compute dtype of the networks ("float32" or "bfloat16"; params stay float32)."""
 
     steps: int = 50
     guidance: float = 3.5
@@ -48,7 +49,7 @@ class SamplingOptions(NamedTuple):
     dtype: str = "float32"
 
 
-SAMPLERS = ("ddim", "dpmpp_2m")
+SAMPLERS = ("ddim", "dpmpp_2m", "unipc")
 
 
 class Noise(NamedTuple):
@@ -107,9 +108,9 @@ def _generate_body(params, scale_factor, lowpass_mel, noise: Noise, configs, opt
     if options.sampler == "ddim":
         latent = ddim_sample(denoise, noise.x_T, noise.steps, ddim_tables(alphas_cumprod, options.steps, options.eta))
     elif options.sampler == "dpmpp_2m":
-        from audiosr_jax.diffusion.dpm_solver import dpmpp_2m_sample
-
         latent = dpmpp_2m_sample(denoise, noise.x_T, alphas_cumprod, options.steps)
+    elif options.sampler == "unipc":
+        latent = unipc_sample(denoise, noise.x_T, alphas_cumprod, options.steps)
     else:
         raise ValueError(f"unknown sampler {options.sampler!r}; choose from {SAMPLERS}")
     mel = vae.apply({"params": params["vae"]}, latent / scale_factor, method=AutoencoderKL.decode)[..., 0]
