@@ -148,3 +148,23 @@ def test_fast_samplers_and_bf16_run_end_to_end(tmp_path, weights, sampler, dtype
     ref, _ = super_resolve_waveform(weights, wave, info, SamplingOptions(steps=3))
     assert y.shape == ref.shape and np.all(np.isfinite(y))
     assert 0.1 < np.max(np.abs(y)) <= 0.5 + 1e-6  # peak 0.5 over the padded window, as the reference
+
+
+def test_match_loudness_and_stale_partials(tmp_path, weights):
+    import pyloudnorm
+
+    p = tmp_path / "quiet.wav"
+    x = 0.05 * _signal(16000, 2.0, cutoff=4000) / 0.3
+    sf.write(p, x, 16000, subtype="FLOAT")
+    out_dir = tmp_path / "o"
+    out_dir.mkdir()
+    stale = out_dir / ".quiet.wav.partial-abc.wav"  # what a kill -9 during a write would leave
+    stale.write_bytes(b"half a file")
+    jobs = assign_outputs(expand_inputs([str(p)]), str(out_dir))
+    mesh = Mesh(np.asarray(jax.devices()[:1]), ("data",))
+    [r] = run_batch(weights, jobs, BatchConfig(options=OPTIONS, match_loudness=True), mesh=mesh, progress=False)
+    assert r.status == "ok" and not stale.exists()
+    y, sr = sf.read(jobs[0].output)
+    want = pyloudnorm.Meter(16000).integrated_loudness(x[:, 0])
+    got = pyloudnorm.Meter(sr).integrated_loudness(y)
+    assert got == pytest.approx(want, abs=0.5)
