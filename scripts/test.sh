@@ -11,4 +11,4 @@ python -m pip install -q --upgrade pip
 python -m pip install -q torch==2.13.0
 python -m pip install -q -e '.[test]'
 export JAX_PLATFORMS=cpu
-python -m pytest -q tests "$@"
+python -m pytest -q -n 2 tests "$@"
