@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import functools
 import os
+import tempfile
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -270,3 +272,31 @@ def log_mel_spectrogram(wave: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     mel = jnp.einsum("btf,mf->btm", mag, fb, precision=jax.lax.Precision.HIGHEST)
     log_mel = jnp.log(jnp.maximum(mel, LOG_FLOOR))
     return log_mel, mag[..., : N_FFT // 2]
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Create `path` by calling `write(tmp)` on a hidden temporary file in the same folder, then renaming it,
+    so a crash, Ctrl-C or kill never leaves a half-written file under the final name. The temporary name
+    contains ".partial-" (batch runs remove stale ones)."""
+    path = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    ext = os.path.splitext(path)[1]
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".partial-", suffix=ext, dir=parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_audio(path: str | os.PathLike, waveform: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    """Write [C, n] float audio atomically; the format follows the extension (wav/flac/aiff as 24-bit PCM)."""
+    import soundfile as sf
+
+    fmt = os.path.splitext(os.fspath(path))[1].lstrip(".").upper()
+    subtype = {"WAV": "PCM_24", "FLAC": "PCM_24", "AIFF": "PCM_24"}.get(fmt)  # 24-bit: no audible quantisation
+    atomic_write(path, lambda tmp: sf.write(tmp, np.ascontiguousarray(np.asarray(waveform).T), sample_rate,
+                                            format=fmt, subtype=subtype))

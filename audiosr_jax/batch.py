@@ -22,14 +22,12 @@ import dataclasses
 import json
 import logging
 import os
-import tempfile
 import time
 from collections import defaultdict, deque
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import soundfile as sf
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from audiosr_jax import audio, lowpass, postprocess, windows
@@ -38,7 +36,7 @@ from audiosr_jax.errors import UserError
 from audiosr_jax.inputs import Job
 from audiosr_jax.pipeline import SamplingOptions, draw_noise, item_keys, latent_shape, num_sampler_steps, super_resolve_windows
 
-__all__ = ["BatchConfig", "FileResult", "run_batch", "write_audio_atomic", "write_report", "local_mesh"]
+__all__ = ["BatchConfig", "FileResult", "run_batch", "write_report", "local_mesh"]
 
 log = logging.getLogger(__name__)
 
@@ -83,24 +81,6 @@ class _File:
 def local_mesh() -> Mesh:
     """A 1-D mesh ("data",) over this process's devices."""
     return Mesh(np.asarray(jax.local_devices()), ("data",))
-
-
-def write_audio_atomic(path: str, waveform: np.ndarray, sample_rate: int) -> None:
-    """Write [C, n] float audio to `path` via a hidden temporary file in the same folder and a rename, so a
-    crash or Ctrl-C never leaves a partial file under the final name."""
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    ext = os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".partial-", suffix=ext, dir=parent)
-    os.close(fd)
-    try:
-        fmt = ext.lstrip(".").upper()
-        subtype = {"WAV": "PCM_24", "FLAC": "PCM_24", "AIFF": "PCM_24"}.get(fmt)  # 24-bit: no audible quantisation
-        sf.write(tmp, np.ascontiguousarray(waveform.T), sample_rate, format=fmt, subtype=subtype)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _remove_stale_partials(folder: str) -> None:
@@ -158,7 +138,7 @@ def _finish(f: _File, cfg: BatchConfig) -> None:
             peak = np.max(np.abs(y))
             if peak > 0.999:  # keep it writable without clipping
                 y = y * (0.999 / peak)
-    write_audio_atomic(f.job.output, y, audio.SAMPLE_RATE)
+    audio.write_audio(f.job.output, y, audio.SAMPLE_RATE)
 
 
 def run_batch(weights: AudioSRWeights, jobs: list[Job], cfg: BatchConfig = BatchConfig(), mesh: Mesh | None = None,

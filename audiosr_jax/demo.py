@@ -56,8 +56,8 @@ def main(argv=None) -> int:
     above = 10 * np.log10(np.sum(spec[freqs > 8000] ** 2, axis=0) / np.sum(spec ** 2, axis=0))
     print(f"[demo] output: {out}: {y.shape[0] / out_sr:.2f} s, {out_sr} Hz, {y.shape[1]} channels; "
           f"energy above 8 kHz {above[0]:.1f} / {above[1]:.1f} dB of the total (synthetic weights: not meaningful)")
-    print(f"[demo] with the released weights: python -m audiosr_jax.convert pytorch_model.bin ckpt/basic && "
-          f"python sample.py in.wav -o out.wav --checkpoint ckpt/basic")
+    print("[demo] with the released weights: python -m audiosr_jax.convert pytorch_model.bin ckpt/basic && "
+          "python sample.py in.wav -o out.wav --checkpoint ckpt/basic")
     return 0
 
 

@@ -50,11 +50,11 @@ import math
 import os
 import re
 import sys
-import tempfile
 
 import numpy as np
 
 from audiosr_jax import metrics
+from audiosr_jax.audio import atomic_write
 from audiosr_jax.errors import AudioError, UserError
 
 __all__ = [
@@ -173,26 +173,6 @@ def measure_cutoff_hz(x: np.ndarray) -> float | None:
     return best
 
 
-def _write_atomic(path: str, write) -> None:
-    """Create ``path`` via a hidden temporary file in the same folder and a rename (never half-written)."""
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    ext = os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".partial-", suffix=ext, dir=parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# spectrogram PNGs
-# ----------------------------------------------------------------------------------------------------------
-
-
 def save_spectrogram_png(
     path: str, panels: list[tuple[str, np.ndarray]], sr: int = EVAL_SR, cutoff_hz: float | None = None,
     max_seconds: float = 30.0,
@@ -231,7 +211,7 @@ def save_spectrogram_png(
         ax.set_xlabel("time (s)")
     axes[0][0].set_ylabel("frequency (kHz)")
     fig.colorbar(im, ax=axes[0].tolist(), label="dB")
-    _write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
     plt.close(fig)
 
 
@@ -618,7 +598,7 @@ def write_csv(rows: list[dict], path: str) -> None:
             for r in rows:
                 w.writerow({k: ("" if _clean(r.get(k)) is None else _clean(r.get(k))) for k in CSV_FIELDS})
 
-    _write_atomic(path, write)
+    atomic_write(path, write)
 
 
 def write_json(report: Report, path: str) -> None:
@@ -629,7 +609,7 @@ def write_json(report: Report, path: str) -> None:
         with open(tmp, "w") as f:
             json.dump(data, f, indent=1, allow_nan=False)
 
-    _write_atomic(path, write)
+    atomic_write(path, write)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -723,7 +703,7 @@ def simulate(
                 warnings.append(f"{path}: a {sr} Hz reference has no content above {cutoff:g} Hz to remove")
             y = lowpass_filter(x, cutoff, EVAL_SR, order, ftype).astype(np.float32)
             in_rel = os.path.join(f"lp{int(cutoff)}", os.path.splitext(rel)[0] + ".wav")
-            _write_atomic(os.path.join(out_dir, in_rel),
+            atomic_write(os.path.join(out_dir, in_rel),
                           lambda tmp, y=y: sf.write(tmp, y.T, EVAL_SR, subtype="FLOAT", format="WAV"))
             items.append({
                 "input": in_rel.replace(os.sep, "/"), "reference": rel.replace(os.sep, "/"), "cutoff_hz": cutoff,
@@ -741,7 +721,7 @@ def simulate(
         with open(tmp, "w") as f:
             json.dump(manifest, f, indent=1)
 
-    _write_atomic(manifest_path, write)
+    atomic_write(manifest_path, write)
     return manifest, problems, warnings
 
 

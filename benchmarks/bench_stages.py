@@ -143,7 +143,7 @@ def main() -> int:
         ratio = f"{r / o:6.2f}x" if r and o else ""
         print(f"{name:58s} {r if r is not None else float('nan'):10.3f} {o:12.3f} {ratio:>7s}")
     print("(ratio = reference / ours; > 1 means audiosr-jax is faster or smaller)")
-    print(f"our compile+first-call seconds: " + ", ".join(f"{k[:-8]} {v:.1f}" for k, v in ours.items() if k.endswith("_first_s")))
+    print("our compile+first-call seconds: " + ", ".join(f"{k[:-8]} {v:.1f}" for k, v in ours.items() if k.endswith("_first_s")))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"reference": ref, "ours": ours, "width": args.width, "steps": args.steps}, f, indent=1)
