@@ -6,8 +6,9 @@ Flow (host ↔ device):
   in overlapping 10.24 s windows) → work items (file, channel, window) queued per window length →
   full batches of `batch_size` items, padded with silent dummies so every batch of a length has one shape →
   `pipeline.super_resolve_windows` (one XLA program per length, batch sharded over a Mesh of all local
-  devices, params replicated) → outputs scattered back to their files → cross-fade (`windows.overlap_add`),
-  normalise, cut to the input's length, written atomically (temp file + rename).
+  devices, params replicated) → outputs scattered back to their files → STFT low-band copy with one energy
+  ratio per channel → cross-fade (`windows.overlap_add`), normalise, cut to the input's length, written
+  atomically (temp file + rename).
 
 Each item's noise comes from (seed, channel, window), so a file's output does not depend on its batch
 neighbours and equals the one-file path (`pipeline.super_resolve_waveform`) for files of one window.
@@ -122,8 +123,20 @@ def _prepare(job: Job, cfg: BatchConfig, result: FileResult) -> _File:
     return _File(job, result, plan, lowpassed, out, loud, lowpassed.shape[0] * lowpassed.shape[1], time.perf_counter())
 
 
+def _replace_low_band(f: _File) -> None:
+    """The reference's STFT-domain low-band copy, window by window, with ONE energy ratio per channel (pooled
+    over its windows), so neighbouring windows of long audio get the same low-band gain. For a file of one
+    window this is exactly the per-item ratio of the one-file path."""
+    for c in range(f.out.shape[0]):
+        rows = [postprocess.low_band_energy(f.out[c, w][None], f.lowpassed[c, w][None]) for w in range(f.out.shape[1])]
+        ratio = postprocess.energy_ratio(sum(r[0] for r in rows), sum(r[1] for r in rows))
+        for w in range(f.out.shape[1]):
+            f.out[c, w] = np.asarray(postprocess.replace_low_stft(f.out[c, w][None], f.lowpassed[c, w][None], ratio))[0]
+
+
 def _finish(f: _File, cfg: BatchConfig) -> None:
     n = int(round(f.result.duration_s * audio.SAMPLE_RATE))
+    _replace_low_band(f)
     if len(f.plan.starts) == 1:
         y = f.out[:, 0]  # [C, window + 16]: normalised over the whole window, as the one-file path does
     else:
@@ -191,7 +204,8 @@ def run_batch(weights: AudioSRWeights, jobs: list[Job], cfg: BatchConfig = Batch
             noise = draw_noise(item_keys(cfg.seed, chans, wins), latent_shape(length // audio.HOP, weights), steps)
             noise = type(noise)(*(jax.device_put(a, NamedSharding(mesh, P(*([None] * (a.ndim - 4)), "data")))
                                   for a in noise))
-            y = super_resolve_windows(weights, jax.device_put(x, data_sharding), noise, cfg.options, params=params)
+            y = super_resolve_windows(weights, jax.device_put(x, data_sharding), noise, cfg.options, params=params,
+                                      replace_low_band=False)
             y = np.asarray(y)
             for i, (f, c, w) in enumerate(items):
                 f.out[c, w] = y[i]

@@ -124,11 +124,12 @@ def _generate(params, scale_factor, lowpass_mel, noise: Noise, *, configs, optio
     return _generate_body(params, scale_factor, lowpass_mel, noise, configs, options)
 
 
-@functools.partial(jax.jit, static_argnames=("configs", "options"))
-def _super_resolve_windows(params, scale_factor, lowpassed, noise: Noise, *, configs, options: SamplingOptions):
+@functools.partial(jax.jit, static_argnames=("configs", "options", "replace_low_band"))
+def _super_resolve_windows(params, scale_factor, lowpassed, noise: Noise, *, configs, options: SamplingOptions,
+                           replace_low_band: bool):
     lowpass_mel, _ = audio.log_mel_spectrogram(lowpassed)
     out = _generate_body(params, scale_factor, lowpass_mel, noise, configs, options)
-    return postprocess.replace_low_stft(out["waveform"], lowpassed)
+    return postprocess.replace_low_stft(out["waveform"], lowpassed) if replace_low_band else out["waveform"]
 
 
 def _configs(weights: AudioSRWeights):
@@ -144,12 +145,16 @@ def generate(weights: AudioSRWeights, lowpass_mel: jax.Array, noise: Noise,
 
 
 def super_resolve_windows(weights: AudioSRWeights, lowpassed: jax.Array, noise: Noise,
-                          options: SamplingOptions = SamplingOptions(), params=None) -> jax.Array:
+                          options: SamplingOptions = SamplingOptions(), params=None,
+                          replace_low_band: bool = True) -> jax.Array:
     """The device part of the pipeline, one XLA program: low-passed windows [B, N] (48 kHz, normalised,
     N a multiple of 245,760) → log-mel → sampling → decode → mel copy → vocoder → STFT low-band copy →
-    [B, N + 16] (not yet normalised). `params` overrides weights.params (e.g. a device-sharded copy)."""
+    [B, N + 16] (not yet normalised). `params` overrides weights.params (e.g. a device-sharded copy).
+    With replace_low_band=False the vocoder output is returned before the STFT copy (the batch engine does
+    that copy per file, with one energy ratio per channel)."""
     return _super_resolve_windows(weights.params if params is None else params, jnp.float32(weights.scale_factor),
-                                  lowpassed, noise, configs=_configs(weights), options=options)
+                                  lowpassed, noise, configs=_configs(weights), options=options,
+                                  replace_low_band=replace_low_band)
 
 
 def super_resolve(weights: AudioSRWeights, path: str | os.PathLike, options: SamplingOptions = SamplingOptions(),

@@ -124,8 +124,36 @@ def istft_librosa(spec: jnp.ndarray, length: int) -> jnp.ndarray:
     return y / jnp.asarray(_window_sumsquare(n_frames, length))
 
 
+def _stfts(wave_out, wave_lowpass):
+    wave_out = jnp.asarray(wave_out, jnp.float32)
+    m = wave_out.shape[-1]
+    x = jnp.asarray(wave_lowpass, jnp.float32)
+    x = x[:, :m] if x.shape[-1] >= m else jnp.pad(x, ((0, 0), (0, m - x.shape[-1])))
+    s_x = stft_librosa(x)  # [B, F, 1025]
+    mag_x = jnp.abs(s_x)
+    k = cutoff_index(jnp.cumsum(jnp.sum(mag_x, axis=-2), axis=-1))  # [B]
+    return s_x, stft_librosa(wave_out), k, m
+
+
 @jax.jit
-def replace_low_stft(wave_out: jnp.ndarray, wave_lowpass: jnp.ndarray) -> jnp.ndarray:
+def low_band_energy(wave_out: jnp.ndarray, wave_lowpass: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(Σ_t |S_x[k, t]|, Σ_t |S_out[k, t]|), each [B]: the two sides of `replace_low_stft`'s energy ratio at
+    the cutoff bin k. Summing them over the windows of one file gives one ratio per file and channel, so
+    neighbouring windows of long audio get the same low-band gain."""
+    s_x, s_out, k, _ = _stfts(wave_out, wave_lowpass)
+    row_x = jnp.take_along_axis(jnp.abs(s_x), k[:, None, None], axis=-1)[..., 0].sum(-1)
+    row_out = jnp.take_along_axis(jnp.abs(s_out), k[:, None, None], axis=-1)[..., 0].sum(-1)
+    return row_x, row_out
+
+
+def energy_ratio(row_x, row_out) -> jnp.ndarray:
+    """The reference's clamped ratio clip(row_x / row_out, 0.8, 1.2); 0/0 is taken as 1."""
+    ratio = jnp.asarray(row_x, jnp.float32) / jnp.asarray(row_out, jnp.float32)
+    return jnp.where(jnp.isnan(ratio), 1.0, jnp.clip(ratio, RATIO_MIN, RATIO_MAX))
+
+
+@jax.jit
+def replace_low_stft(wave_out: jnp.ndarray, wave_lowpass: jnp.ndarray, ratio: jnp.ndarray | None = None) -> jnp.ndarray:
     """The reference ``postprocessing``: put the low-passed input back below its cutoff, in the STFT domain.
 
     Per item: k = 0.985-rule cutoff bin of ``|stft(x)|`` over 1025 bins (x = the low-passed input);
@@ -141,27 +169,18 @@ def replace_low_stft(wave_out: jnp.ndarray, wave_lowpass: jnp.ndarray) -> jnp.nd
     Args:
       wave_out: [B, M] vocoder output.
       wave_lowpass: [B, N] low-passed, normalised, padded input.
+      ratio: optional [B] ratios to use instead of each item's own (see `low_band_energy`).
     Returns:
       float32 [B, M]. (If row k of both STFTs is all zero the ratio is 0/0; it is taken as 1 here, where
       the reference would produce NaN.)
     """
-    wave_out = jnp.asarray(wave_out, jnp.float32)
-    m = wave_out.shape[-1]
-    x = jnp.asarray(wave_lowpass, jnp.float32)
-    x = x[:, :m] if x.shape[-1] >= m else jnp.pad(x, ((0, 0), (0, m - x.shape[-1])))
-
-    s_x = stft_librosa(x)  # [B, F, 1025]
-    s_out = stft_librosa(wave_out)
-    mag_x = jnp.abs(s_x)
-    k = cutoff_index(jnp.cumsum(jnp.sum(mag_x, axis=-2), axis=-1))  # [B]
-
-    row_x = jnp.take_along_axis(mag_x, k[:, None, None], axis=-1)[..., 0].sum(-1)
-    row_out = jnp.take_along_axis(jnp.abs(s_out), k[:, None, None], axis=-1)[..., 0].sum(-1)
-    ratio = row_x / row_out
-    ratio = jnp.where(jnp.isnan(ratio), 1.0, jnp.clip(ratio, RATIO_MIN, RATIO_MAX))
-
+    s_x, s_out, k, m = _stfts(wave_out, wave_lowpass)
+    if ratio is None:
+        row_x = jnp.take_along_axis(jnp.abs(s_x), k[:, None, None], axis=-1)[..., 0].sum(-1)
+        row_out = jnp.take_along_axis(jnp.abs(s_out), k[:, None, None], axis=-1)[..., 0].sum(-1)
+        ratio = energy_ratio(row_x, row_out)
     low = jnp.arange(s_out.shape[-1]) < k[:, None, None]
-    s_new = jnp.where(low, s_x / ratio[:, None, None].astype(s_x.dtype), s_out)
+    s_new = jnp.where(low, s_x / jnp.asarray(ratio, jnp.float32)[:, None, None].astype(s_x.dtype), s_out)
     return istft_librosa(s_new, m)
 
 

@@ -121,3 +121,22 @@ def test_normalize_output():
         r = r - np.mean(r)
         np.testing.assert_allclose(got[i], r, atol=1e-6)
     assert not np.any(got[2])  # the reference would give NaN here
+
+
+def test_explicit_ratio_from_low_band_energy_matches_the_per_item_ratio():
+    from audiosr_jax.postprocess import energy_ratio, low_band_energy, replace_low_stft
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 245760)).astype(np.float32)
+    spec = np.fft.rfft(x, axis=-1)
+    spec[:, np.fft.rfftfreq(x.shape[-1], 1 / 48000) > 5000] = 0
+    lp = np.fft.irfft(spec, x.shape[-1], axis=-1).astype(np.float32)
+    out = (0.7 * lp[:, :] + 0.1 * rng.standard_normal(lp.shape)).astype(np.float32)
+    out = np.pad(out, ((0, 0), (0, 16)))
+    row_x, row_out = low_band_energy(out, lp)
+    own = replace_low_stft(out, lp)
+    given = replace_low_stft(out, lp, energy_ratio(row_x, row_out))
+    np.testing.assert_allclose(given, own, atol=1e-6)
+    # A pooled ratio (as the batch engine uses per channel) changes the low band's gain only.
+    pooled = replace_low_stft(out, lp, np.full((2,), 1.1, np.float32))
+    assert np.max(np.abs(np.asarray(pooled) - np.asarray(own))) > 1e-3
