@@ -170,9 +170,11 @@ def super_resolve_waveform(weights: AudioSRWeights, wave: np.ndarray, info: dict
     """wave: [C, N] float32 at 48 kHz, normalised and padded as `audio.prepare_waveform` returns it.
     Returns (waveform [C, n] float32 at 48 kHz, info with "cutoff_hz" added).
 
-    Every channel is processed (channels form the batch). The output keeps the input's duration (the
-    reference's 5.12 s padding is cut off) and is normalised as the reference does (peak 0.5, zero mean).
-    Raises AudioError for non-finite model output.
+    Every channel is processed (channels form the batch). The whole padded signal is one sequence, as in the
+    reference (no windowing: `batch.run_batch`, which sample.py uses, windows audio longer than 10.24 s and
+    equals this for shorter audio). The output keeps the input's duration (the reference's 5.12 s padding is
+    cut off) and is normalised as the reference does (peak 0.5, zero mean). Raises AudioError for
+    non-finite model output.
     """
     prepared = [lowpass.prepare_lowpass(ch) for ch in wave]
     lowpassed = np.stack([p[0] for p in prepared]).astype(np.float32)
