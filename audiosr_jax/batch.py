@@ -175,6 +175,7 @@ def run_batch(weights: AudioSRWeights, jobs: list[Job], cfg: BatchConfig = Batch
         _remove_stale_partials(folder)
 
     bar = tqdm(total=len(jobs), unit="file", disable=not progress, desc="audiosr-jax")
+    counts = {"windows": 0, "batches": 0}  # shown beside the file count: sampler steps run so far
 
     def finish(f: _File):
         try:
@@ -207,6 +208,10 @@ def run_batch(weights: AudioSRWeights, jobs: list[Job], cfg: BatchConfig = Batch
             y = super_resolve_windows(weights, jax.device_put(x, data_sharding), noise, cfg.options, params=params,
                                       replace_low_band=False)
             y = np.asarray(y)
+            counts["windows"] += real
+            counts["batches"] += 1
+            bar.set_postfix(windows=counts["windows"], batches=counts["batches"], steps=counts["batches"] * steps,
+                            refresh=False)
             for i, (f, c, w) in enumerate(items):
                 f.out[c, w] = y[i]
                 f.remaining -= 1
