@@ -1,0 +1,255 @@
+"""Random low-pass training pairs (the training-time degradation), on the host (scipy) or on device (JAX).
+
+Each training example ``x`` (48 kHz, float32) is paired with a low-passed copy made by a randomly drawn
+filter, so that one model learns every input bandwidth (AUDIOSR.md §1.2, TRAINING.md §1.1):
+
+* family from {butter, cheby1, cheby2, ellip, bessel}, order in [2, 10], cutoff in [2, 16] kHz
+  (uniform, or log-uniform); the draw depends *only* on ``(seed, epoch, index)`` through
+  ``np.random.default_rng([seed, epoch, index])``, so any host in any order gets the same spec;
+* **host path** (:func:`apply_lowpass`): the inference chain ``lowpass.lowpass_filter`` reused as is,
+  i.e. ``sosfiltfilt`` -> ``resample_poly`` down to ``2·cutoff`` and back (a hard band limit) ->
+  ``sosfiltfilt``;
+* **device path** (:func:`lowpass_on_device`): the same chain as one gain in the frequency domain. A
+  zero-phase ``sosfiltfilt`` pass is ``|H(f)|²``; the chain has two passes, so its gain is ``|H(f)|⁴``,
+  times a brick wall at the band limit (the polyphase down/up keeps ``f <= fs_down/2`` and removes the
+  rest). ``rfft · gain -> irfft`` on a batch, jitted.
+
+Design notes (filter designs are ``lowpass._design``, the reference's):
+
+* ``cheby2(order, 60 dB, Wn)`` puts ``Wn`` at the *stop-band edge*: at low orders the pass band collapses
+  (order 2: -3 dB at ~cutoff/20; order 4: ~cutoff/3; order 8: ~0.67·cutoff; order 10: ~0.8·cutoff).
+  :class:`DegradeConfig` therefore draws cheby2 orders from ``[max(min_order, cheby2_min_order),
+  max_order]`` (default 8) so that a cheby2 example's bandwidth stays near its nominal cutoff.
+* ``bessel`` uses scipy's default ``norm="phase"``: the -3 dB point is below ``Wn`` (order 2: 0.81·,
+  order 4: 0.70·, order 10: 0.51·cutoff). It is the reference's design and is kept; the nominal cutoff
+  is then the band limit rather than the -3 dB point.
+
+Known difference between the two paths (bounded in ``tests/test_degrade.py``): the device path is
+circular (the end of a clip leaks into its start through the filter's impulse response, and vice versa)
+and has no ``sosfiltfilt`` edge padding; ``resample_poly``'s Kaiser anti-alias FIR has a transition band
+of a few tens of Hz around the band limit where the brick wall is exact. Away from the clip edges (more
+than ~the filter's decay length, a few thousand samples for high-order low-cutoff ellip/cheby filters)
+the outputs agree to a small relative error; over whole clips the spectra agree to < 0.5 dB in the
+pass band and both paths are >= 40 dB down in the stop band.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import signal
+
+from audiosr_jax.lowpass import _design, lowpass_filter
+
+FAMILIES = ("butter", "cheby1", "cheby2", "ellip", "bessel")
+CUTOFF_DISTRIBUTIONS = ("uniform", "log")
+
+
+@dataclasses.dataclass(frozen=True)
+class LowpassSpec:
+    """One drawn low-pass: filter family, order (2..10) and cutoff (Hz, an integer value)."""
+
+    ftype: str
+    order: int
+    cutoff_hz: float
+
+
+@dataclasses.dataclass(frozen=True)
+class DegradeConfig:
+    """Distribution of the training low-pass (plain fields, ml_collections-friendly).
+
+    ``cutoff_distribution``: "uniform" (the paper's) or "log" (log-uniform, more weight on low cutoffs).
+    ``cheby2_min_order``: lowest order drawn for cheby2 (see the module docstring; 2 restores the plain range).
+    """
+
+    families: tuple = FAMILIES
+    min_order: int = 2
+    max_order: int = 10
+    min_cutoff_hz: float = 2000.0
+    max_cutoff_hz: float = 16000.0
+    cutoff_distribution: str = "uniform"
+    sample_rate: int = 48000
+    cheby2_min_order: int = 8
+
+    def __post_init__(self):
+        # accept lists (from JSON / ml_collections) but store a tuple so the config stays hashable
+        object.__setattr__(self, "families", tuple(self.families))
+        if not self.families or any(f not in FAMILIES for f in self.families):
+            raise ValueError(f"families must be a non-empty subset of {FAMILIES}, got {self.families}")
+        if not 2 <= self.min_order <= self.max_order <= 10:
+            raise ValueError(f"need 2 <= min_order <= max_order <= 10, got {self.min_order}, {self.max_order}")
+        if not 1.0 <= self.min_cutoff_hz <= self.max_cutoff_hz < self.sample_rate / 2:
+            raise ValueError(
+                f"need 1 <= min_cutoff_hz <= max_cutoff_hz < sample_rate/2, got "
+                f"{self.min_cutoff_hz}, {self.max_cutoff_hz} at {self.sample_rate} Hz"
+            )
+        if self.cutoff_distribution not in CUTOFF_DISTRIBUTIONS:
+            raise ValueError(f"cutoff_distribution must be one of {CUTOFF_DISTRIBUTIONS}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["families"] = list(self.families)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DegradeConfig:
+        return cls(**d)
+
+
+def draw_spec(cfg: DegradeConfig, seed: int, epoch: int, index: int) -> LowpassSpec:
+    """The low-pass for example ``index`` of ``epoch``; a pure function of ``(seed, epoch, index)``.
+
+    Uses a fresh ``np.random.default_rng([seed, epoch, index])`` (no global state), so it is identical on
+    every host and independent of call order. The cutoff is floored to whole Hz, as ``lowpass_filter``
+    uses ``int(cutoff_hz)``, so the spec states exactly what is applied.
+    """
+    rng = np.random.default_rng([int(seed), int(epoch), int(index)])
+    ftype = cfg.families[int(rng.integers(len(cfg.families)))]
+    lo = max(cfg.min_order, cfg.cheby2_min_order) if ftype == "cheby2" else cfg.min_order
+    lo = min(lo, cfg.max_order)
+    order = int(rng.integers(lo, cfg.max_order + 1))
+    u = rng.random()
+    if cfg.cutoff_distribution == "log":
+        a, b = math.log(cfg.min_cutoff_hz), math.log(cfg.max_cutoff_hz)
+        cutoff = math.exp(a + u * (b - a))
+    else:
+        cutoff = cfg.min_cutoff_hz + u * (cfg.max_cutoff_hz - cfg.min_cutoff_hz)
+    cutoff = float(max(math.floor(cutoff), 1))
+    return LowpassSpec(ftype=ftype, order=order, cutoff_hz=cutoff)
+
+
+def apply_lowpass(x: np.ndarray, spec: LowpassSpec, sr: int = 48000) -> np.ndarray:
+    """Host path: ``lowpass.lowpass_filter(x, spec.cutoff_hz, sr, spec.order, spec.ftype)``.
+
+    Args: x [..., N] float waveform at ``sr`` Hz. Returns: float32 [..., N].
+    """
+    y = lowpass_filter(np.asarray(x, np.float32), spec.cutoff_hz, sr=sr, order=spec.order, ftype=spec.ftype)
+    return y.astype(np.float32)
+
+
+def make_pair(x: np.ndarray, cfg: DegradeConfig, seed: int, epoch: int, index: int) -> tuple[np.ndarray, LowpassSpec]:
+    """Draw the spec for ``(seed, epoch, index)`` and low-pass ``x`` [N] with it on the host.
+
+    Returns: ``(low [N] float32, spec)``.
+    """
+    spec = draw_spec(cfg, seed, epoch, index)
+    return apply_lowpass(x, spec, cfg.sample_rate), spec
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Device path
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _rfft_freqs(n_fft: int, sr: int) -> np.ndarray:
+    return np.arange(n_fft // 2 + 1, dtype=np.float64) * (sr / n_fft)
+
+
+def filter_response_sq(spec: LowpassSpec, n_fft: int, sr: int = 48000) -> np.ndarray:
+    """``|H(e^jw)|²`` of the digital SOS filter of ``spec`` (``sosfreqz``) at the rfft bins of length ``n_fft``.
+
+    This is the gain of one zero-phase ``sosfiltfilt`` pass. Returns: float64 [n_fft // 2 + 1].
+    """
+    hi = int(spec.cutoff_hz) / (0.5 * sr)
+    order = int(min(max(spec.order, 2), 10))  # lowpass_filter's clamp
+    sos = _design(order, hi, spec.ftype)
+    _, h = signal.sosfreqz(sos, worN=_rfft_freqs(n_fft, sr), fs=sr)
+    return np.abs(h) ** 2
+
+
+def _fs_down(spec: LowpassSpec, sr: int) -> int:
+    hi = int(spec.cutoff_hz) / (0.5 * sr)
+    return int(hi * sr)  # exactly as lowpass_filter (the float expression can round down by one Hz)
+
+
+def band_limit_response(spec: LowpassSpec, n_fft: int, sr: int = 48000) -> np.ndarray:
+    """Amplitude gain of one ``resample_poly`` step of the band limit, at the rfft bins.
+
+    ``resample_poly(x, up, down)`` filters at the intermediate rate ``sr·up`` with
+    ``firwin(2·10·max(up, down) + 1, 1/max(up, down), window=("kaiser", 5.0))``: a Kaiser-windowed sinc with
+    cutoff ``fc = fs_down / 2`` and window length ``T = 20·max(up, down) / (sr·up)`` seconds. It is *not* a
+    brick wall: its transition spans roughly ``fc ± fs_down/20`` (about ±5 % of the cutoff). Its response is
+    the ideal low-pass convolved with the window's spectrum; with the continuous Kaiser transform
+    ``W(ν) = T/I0(β) · sinh(√(β² − (πTν)²)) / √(β² − (πTν)²)`` (∫W = 1) that is
+    ``A(f) = ∫_{f−fc}^{f+fc} W(ν) dν``. The back-up step uses the same filter, so the band limit's gain is
+    ``A(f)²``. Aliasing of the residual above ``fc`` (the window's side lobes, <= -45 dB) is not modelled.
+
+    Returns: float64 [n_fft // 2 + 1] in [0, 1].
+    """
+    fs_down = _fs_down(spec, sr)
+    g = math.gcd(fs_down, sr)
+    up, down = fs_down // g, sr // g
+    beta = 5.0
+    t_win = 20.0 * max(up, down) / (sr * up)
+    fc = fs_down / 2.0
+    # W on a grid wide enough for its side lobes to have decayed (|W| ~ 1/ν²-ish integrated error < 1e-4)
+    nu = np.linspace(-60.0 / t_win, 60.0 / t_win, 24001)
+    z = (beta**2 - (np.pi * t_win * nu) ** 2).astype(np.complex128)
+    r = np.sqrt(z)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        w = np.where(np.abs(r) > 1e-12, np.sinh(r) / r, 1.0).real * t_win / np.i0(beta)
+    cdf = np.concatenate([[0.0], np.cumsum(0.5 * (w[1:] + w[:-1]) * np.diff(nu))])
+    cdf /= cdf[-1]
+    f = _rfft_freqs(n_fft, sr)
+    a = np.interp(f + fc, nu, cdf, left=0.0, right=1.0) - np.interp(f - fc, nu, cdf, left=0.0, right=1.0)
+    return np.clip(a, 0.0, 1.0)
+
+
+def chain_response(spec: LowpassSpec, n_fft: int, sr: int = 48000) -> np.ndarray:
+    """Amplitude gain that reproduces the host chain's power spectrum on white noise, at the rfft bins.
+
+    The chain is ``sosfiltfilt`` (``|H|²``) -> ``resample_poly`` down (``A``, then folding at
+    ``fs_down/2``) -> up (imaging, ``A`` again) -> ``sosfiltfilt`` (``|H|²``). Away from the band limit it is
+    linear and zero phase with gain ``|H|⁴·A²``. Within about ±5 % of the cutoff the down/up step is not
+    time invariant: the output at ``f`` also carries the input from the mirror ``f' = fs_down − f``
+    (aliased on the way down, imaged on the way up), and the power gain there is
+    ``|H(f)|⁴·A(f)²·(A(f)²|H(f)|⁴ + A(f')²|H(f')|⁴)``. A frequency-domain filter cannot create the mirrored
+    copy, so this gain gives the *same power* at ``f`` from the input at ``f`` alone (exact for white
+    noise and any locally flat spectrum, which is what the mel front-end sees); for a pure tone right at
+    the cutoff the host path has a mirrored tone that this path lacks. Feed the result (stacked per
+    example) to :func:`lowpass_on_device`.
+
+    Returns: float32 [n_fft // 2 + 1].
+    """
+    h2 = filter_response_sq(spec, n_fft, sr)
+    a = band_limit_response(spec, n_fft, sr)
+    f = _rfft_freqs(n_fft, sr)
+    mirror = np.clip(_fs_down(spec, sr) - f, 0.0, None)
+    near = (a > 0) & (mirror < f[-1])
+    a_m = np.zeros_like(a)
+    h2_m = np.zeros_like(h2)
+    if near.any():
+        a_m[near] = np.interp(mirror[near], f, a)
+        _, h = signal.sosfreqz(
+            _design(int(min(max(spec.order, 2), 10)), int(spec.cutoff_hz) / (0.5 * sr), spec.ftype),
+            worN=mirror[near],
+            fs=sr,
+        )
+        h2_m[near] = np.abs(h) ** 2
+    power = h2**2 * a**2 * (a**2 * h2**2 + a_m**2 * h2_m**2)
+    return np.sqrt(power).astype(np.float32)
+
+
+def chain_responses(specs, n_fft: int, sr: int = 48000) -> np.ndarray:
+    """:func:`chain_response` for a batch of specs. Returns: float32 [B, n_fft // 2 + 1]."""
+    return np.stack([chain_response(s, n_fft, sr) for s in specs])
+
+
+@jax.jit
+def lowpass_on_device(x: jnp.ndarray, response: jnp.ndarray) -> jnp.ndarray:
+    """Device path: ``irfft(rfft(x) · response)`` per example (zero phase, circular).
+
+    Args:
+      x: [B, N] float waveforms.
+      response: [B, N // 2 + 1] real non-negative gain per rfft bin, normally :func:`chain_responses`
+        (``|H|⁴`` times the brick wall) for length N.
+    Returns: float32 [B, N].
+    """
+    x = jnp.asarray(x, jnp.float32)
+    n = x.shape[-1]
+    spec = jnp.fft.rfft(x, axis=-1) * jnp.asarray(response, jnp.float32)
+    return jnp.fft.irfft(spec, n=n, axis=-1).astype(jnp.float32)
