@@ -36,6 +36,7 @@ pass band and both paths are >= 40 dB down in the stop band.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -253,3 +254,79 @@ def lowpass_on_device(x: jnp.ndarray, response: jnp.ndarray) -> jnp.ndarray:
     n = x.shape[-1]
     spec = jnp.fft.rfft(x, axis=-1) * jnp.asarray(response, jnp.float32)
     return jnp.fft.irfft(spec, n=n, axis=-1).astype(jnp.float32)
+
+
+# The device path without per-example host work beyond the filter design (~0.1 ms): the same gain as
+# chain_response, evaluated in float32 on device from the SOS coefficients and the band-limit parameters.
+
+_MAX_SECTIONS = 5  # order <= 10
+_KAISER_BETA = 5.0
+_KAISER_U = 60.0  # the CDF table spans |ν·T| <= 60
+
+
+@functools.lru_cache(maxsize=None)
+def _kaiser_cdf_table() -> tuple[np.ndarray, np.ndarray]:
+    # the continuous Kaiser spectrum's CDF as a function of u = ν·T (universal for a fixed β)
+    u = np.linspace(-_KAISER_U, _KAISER_U, 24001)
+    r = np.sqrt((_KAISER_BETA**2 - (np.pi * u) ** 2).astype(np.complex128))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        w = np.where(np.abs(r) > 1e-12, np.sinh(r) / r, 1.0).real
+    cdf = np.concatenate([[0.0], np.cumsum(0.5 * (w[1:] + w[:-1]) * np.diff(u))])
+    return u.astype(np.float32), (cdf / cdf[-1]).astype(np.float32)
+
+
+def response_params(specs, sr: int = 48000) -> dict:
+    """Per-example parameters of :func:`chain_response_on_device` (host, ~0.1 ms per spec).
+
+    Returns: ``{"sos": float32 [B, 5, 6] (padded with identity sections), "fc": [B] band-limit Hz,
+    "t_win": [B] Kaiser window length s, "fs_down": [B] Hz}``.
+    """
+    sos = np.tile(np.array([1, 0, 0, 1, 0, 0], np.float64), (len(specs), _MAX_SECTIONS, 1))
+    fc, t_win, fs_d = [], [], []
+    for b, spec in enumerate(specs):
+        s = _design(int(min(max(spec.order, 2), 10)), int(spec.cutoff_hz) / (0.5 * sr), spec.ftype)
+        sos[b, : len(s)] = s
+        fs_down = _fs_down(spec, sr)
+        g = math.gcd(fs_down, sr)
+        up, down = fs_down // g, sr // g
+        fc.append(fs_down / 2.0)
+        t_win.append(20.0 * max(up, down) / (sr * up))
+        fs_d.append(float(fs_down))
+    f32 = lambda v: np.asarray(v, np.float32)  # noqa: E731
+    return {"sos": f32(sos), "fc": f32(fc), "t_win": f32(t_win), "fs_down": f32(fs_d)}
+
+
+def _sos_gain_sq(sos: jnp.ndarray, f: jnp.ndarray, sr: float) -> jnp.ndarray:
+    # |H(e^{jw})|² of [B, S, 6] SOS at frequencies f [B, F] (Hz)
+    w = (2.0 * jnp.pi / sr) * f
+    c1, s1, c2, s2 = jnp.cos(w), jnp.sin(w), jnp.cos(2 * w), jnp.sin(2 * w)
+    out = jnp.ones_like(f)
+    for k in range(sos.shape[1]):
+        b0, b1, b2, a0, a1, a2 = (sos[:, k, i][:, None] for i in range(6))
+        num = (b0 + b1 * c1 + b2 * c2) ** 2 + (b1 * s1 + b2 * s2) ** 2
+        den = (a0 + a1 * c1 + a2 * c2) ** 2 + (a1 * s1 + a2 * s2) ** 2
+        out = out * num / den
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=("n", "sr"))
+def chain_response_on_device(params: dict, n: int, sr: int = 48000) -> jnp.ndarray:
+    """:func:`chain_response` for a batch, on device in float32. Returns: [B, n // 2 + 1]."""
+    u_tab, cdf_tab = (jnp.asarray(t) for t in _kaiser_cdf_table())
+    f = jnp.broadcast_to(jnp.arange(n // 2 + 1, dtype=jnp.float32) * (sr / n), (params["fc"].shape[0], n // 2 + 1))
+    fc, t_win = params["fc"][:, None], params["t_win"][:, None]
+
+    def band(freq):
+        cdf = lambda v: jnp.interp(v * t_win, u_tab, cdf_tab, left=0.0, right=1.0)  # noqa: E731
+        return jnp.clip(cdf(freq + fc) - cdf(freq - fc), 0.0, 1.0)
+
+    mirror = jnp.maximum(params["fs_down"][:, None] - f, 0.0)
+    h2, h2_m = _sos_gain_sq(params["sos"], f, sr), _sos_gain_sq(params["sos"], mirror, sr)
+    a, a_m = band(f), band(mirror)
+    return jnp.sqrt(h2**2 * a**2 * (a**2 * h2**2 + a_m**2 * h2_m**2))
+
+
+@functools.partial(jax.jit, static_argnames=("sr",))
+def degrade_on_device(x: jnp.ndarray, params: dict, sr: int = 48000) -> jnp.ndarray:
+    """:func:`lowpass_on_device` with the gain from :func:`chain_response_on_device`: x [B, N] -> [B, N]."""
+    return lowpass_on_device(x, chain_response_on_device(params, x.shape[-1], sr))

@@ -178,3 +178,28 @@ def test_device_path_jits_batched_and_linear():
     ident = D.lowpass_on_device(x, np.ones_like(resp))
     np.testing.assert_allclose(np.asarray(ident), x, atol=1e-5)
     assert D.lowpass_on_device._cache_size() >= 1
+
+
+def test_chain_response_on_device_matches_host():
+    """The float32 device evaluation of the gain equals the float64 host one: within 0.01 dB wherever the
+    host gain is above -60 dB (measured 0.002 dB), and below -59.9 dB elsewhere."""
+    cfg = D.DegradeConfig()
+    specs = [D.draw_spec(cfg, 1, 0, i) for i in range(24)] + [
+        D.LowpassSpec("ellip", 10, 2000.0),
+        D.LowpassSpec("cheby1", 10, 2000.0),
+        D.LowpassSpec("bessel", 2, 15999.0),
+    ]
+    n = 48000
+    host = D.chain_responses(specs, n)
+    dev = np.asarray(D.chain_response_on_device(D.response_params(specs), n))
+    assert dev.shape == host.shape
+    hd, dd = (20 * np.log10(r.astype(np.float64) + 1e-30) for r in (host, dev))
+    loud = hd > -60
+    assert np.abs(hd - dd)[loud].max() < 0.01
+    assert dd[~loud].max() < -59.9
+    x = _noise(len(specs), n, seed=3)
+    np.testing.assert_allclose(
+        np.asarray(D.degrade_on_device(x, D.response_params(specs))),
+        np.asarray(D.lowpass_on_device(x, host)),
+        atol=2e-3 * np.abs(x).max(),
+    )
