@@ -296,32 +296,46 @@ def response_params(specs, sr: int = 48000) -> dict:
     return {"sos": f32(sos), "fc": f32(fc), "t_win": f32(t_win), "fs_down": f32(fs_d)}
 
 
-def _sos_gain_sq(sos: jnp.ndarray, f: jnp.ndarray, sr: float) -> jnp.ndarray:
-    # |H(e^{jw})|² of [B, S, 6] SOS at frequencies f [B, F] (Hz)
-    w = (2.0 * jnp.pi / sr) * f
-    c1, s1, c2, s2 = jnp.cos(w), jnp.sin(w), jnp.cos(2 * w), jnp.sin(2 * w)
-    out = jnp.ones_like(f)
+def _sos_gain_sq(sos: jnp.ndarray, c1, s1) -> jnp.ndarray:
+    # |H(e^{jw})|² of [B, S, 6] SOS given cos w, sin w ([B or 1, F]); cos 2w, sin 2w by the double angle
+    c2, s2 = 2.0 * c1 * c1 - 1.0, 2.0 * s1 * c1
+    out = None
     for k in range(sos.shape[1]):
         b0, b1, b2, a0, a1, a2 = (sos[:, k, i][:, None] for i in range(6))
         num = (b0 + b1 * c1 + b2 * c2) ** 2 + (b1 * s1 + b2 * s2) ** 2
         den = (a0 + a1 * c1 + a2 * c2) ** 2 + (a1 * s1 + a2 * s2) ** 2
-        out = out * num / den
+        out = num / den if out is None else out * (num / den)
     return out
+
+
+def _uniform_interp(v: jnp.ndarray, table: jnp.ndarray, lo: float, hi: float) -> jnp.ndarray:
+    # linear interpolation on a uniform grid over [lo, hi], clamped (a gather, no search)
+    pos = (jnp.clip(v, lo, hi) - lo) * ((table.shape[0] - 1) / (hi - lo))
+    i0 = jnp.clip(jnp.floor(pos).astype(jnp.int32), 0, table.shape[0] - 2)
+    w = pos - i0
+    return table[i0] * (1.0 - w) + table[i0 + 1] * w
 
 
 @functools.partial(jax.jit, static_argnames=("n", "sr"))
 def chain_response_on_device(params: dict, n: int, sr: int = 48000) -> jnp.ndarray:
     """:func:`chain_response` for a batch, on device in float32. Returns: [B, n // 2 + 1]."""
-    u_tab, cdf_tab = (jnp.asarray(t) for t in _kaiser_cdf_table())
-    f = jnp.broadcast_to(jnp.arange(n // 2 + 1, dtype=jnp.float32) * (sr / n), (params["fc"].shape[0], n // 2 + 1))
-    fc, t_win = params["fc"][:, None], params["t_win"][:, None]
+    cdf_tab = jnp.asarray(_kaiser_cdf_table()[1])
+    f = (jnp.arange(n // 2 + 1, dtype=jnp.float32) * (sr / n))[None, :]
+    fc, t_win, fs_down = (params[k][:, None] for k in ("fc", "t_win", "fs_down"))
 
     def band(freq):
-        cdf = lambda v: jnp.interp(v * t_win, u_tab, cdf_tab, left=0.0, right=1.0)  # noqa: E731
+        cdf = lambda v: _uniform_interp(v * t_win, cdf_tab, -_KAISER_U, _KAISER_U)  # noqa: E731
         return jnp.clip(cdf(freq + fc) - cdf(freq - fc), 0.0, 1.0)
 
-    mirror = jnp.maximum(params["fs_down"][:, None] - f, 0.0)
-    h2, h2_m = _sos_gain_sq(params["sos"], f, sr), _sos_gain_sq(params["sos"], mirror, sr)
+    # the grid's angles once; the mirror's (w_d - w, clipped at 0) by angle subtraction per row
+    w = jnp.arange(n // 2 + 1, dtype=jnp.float32) * (2.0 * np.pi / n)
+    c1, s1 = jnp.cos(w)[None, :], jnp.sin(w)[None, :]
+    wd = (2.0 * np.pi / sr) * fs_down
+    mirror_pos = f < fs_down
+    cm = jnp.where(mirror_pos, jnp.cos(wd) * c1 + jnp.sin(wd) * s1, 1.0)
+    sm = jnp.where(mirror_pos, jnp.sin(wd) * c1 - jnp.cos(wd) * s1, 0.0)
+    mirror = jnp.maximum(fs_down - f, 0.0)
+    h2, h2_m = _sos_gain_sq(params["sos"], c1, s1), _sos_gain_sq(params["sos"], cm, sm)
     a, a_m = band(f), band(mirror)
     return jnp.sqrt(h2**2 * a**2 * (a**2 * h2**2 + a_m**2 * h2_m**2))
 
