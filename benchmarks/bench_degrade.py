@@ -73,7 +73,8 @@ def main() -> None:
         t_dev += time.perf_counter() - td
     t_jax = time.perf_counter() - t0
 
-    print(f"# {args.clips} clips x 10.24 s, batch {args.batch}, {cores} core(s) visible, backend {jax.default_backend()}")
+    backend = jax.default_backend()
+    print(f"# {args.clips} clips x 10.24 s, batch {args.batch}, {cores} core(s) visible, backend {backend}")
     print(f"{'path':<34}{'wall s':>9}{'audio-s/s':>12}{'per core':>11}")
     rows = [
         ("scipy low-pass + JAX log-mel", t_scipy),
