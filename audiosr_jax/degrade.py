@@ -73,6 +73,9 @@ class DegradeConfig:
 
     ``cutoff_distribution``: "uniform" (the paper's) or "log" (log-uniform, more weight on low cutoffs).
     ``cheby2_min_order``: lowest order drawn for cheby2 (see the module docstring; 2 restores the plain range).
+    ``cutoff_step_hz``: cutoffs are drawn on a grid of this step (Hz, integer). 1 is exact; a coarser grid
+    (e.g. 50) makes the host path several times faster, because ``resample_poly``'s FIR has
+    ``20·48000/gcd(2·cutoff, 48000)`` taps (up to ~10⁶ for a cutoff with gcd 2).
     """
 
     families: tuple = FAMILIES
@@ -83,6 +86,7 @@ class DegradeConfig:
     cutoff_distribution: str = "uniform"
     sample_rate: int = 48000
     cheby2_min_order: int = 8
+    cutoff_step_hz: int = 1
 
     def __post_init__(self):
         # accept lists (from JSON / ml_collections) but store a tuple so the config stays hashable
@@ -96,6 +100,8 @@ class DegradeConfig:
                 f"need 1 <= min_cutoff_hz <= max_cutoff_hz < sample_rate/2, got "
                 f"{self.min_cutoff_hz}, {self.max_cutoff_hz} at {self.sample_rate} Hz"
             )
+        if int(self.cutoff_step_hz) != self.cutoff_step_hz or self.cutoff_step_hz < 1:
+            raise ValueError(f"cutoff_step_hz must be a positive integer, got {self.cutoff_step_hz}")
         if self.cutoff_distribution not in CUTOFF_DISTRIBUTIONS:
             raise ValueError(f"cutoff_distribution must be one of {CUTOFF_DISTRIBUTIONS}")
 
@@ -113,8 +119,8 @@ def draw_spec(cfg: DegradeConfig, seed: int, epoch: int, index: int) -> LowpassS
     """The low-pass for example ``index`` of ``epoch``; a pure function of ``(seed, epoch, index)``.
 
     Uses a fresh ``np.random.default_rng([seed, epoch, index])`` (no global state), so it is identical on
-    every host and independent of call order. The cutoff is floored to whole Hz, as ``lowpass_filter``
-    uses ``int(cutoff_hz)``, so the spec states exactly what is applied.
+    every host and independent of call order. The cutoff is floored to the ``cutoff_step_hz`` grid (whole
+    Hz at least, as ``lowpass_filter`` uses ``int(cutoff_hz)``), so the spec states exactly what is applied.
     """
     rng = np.random.default_rng([int(seed), int(epoch), int(index)])
     ftype = cfg.families[int(rng.integers(len(cfg.families)))]
@@ -127,7 +133,9 @@ def draw_spec(cfg: DegradeConfig, seed: int, epoch: int, index: int) -> LowpassS
         cutoff = math.exp(a + u * (b - a))
     else:
         cutoff = cfg.min_cutoff_hz + u * (cfg.max_cutoff_hz - cfg.min_cutoff_hz)
-    cutoff = float(max(math.floor(cutoff), 1))
+    step = int(cfg.cutoff_step_hz)
+    lo_grid = math.ceil(cfg.min_cutoff_hz / step) * step
+    cutoff = float(max(math.floor(cutoff / step) * step, lo_grid, 1))
     return LowpassSpec(ftype=ftype, order=order, cutoff_hz=cutoff)
 
 

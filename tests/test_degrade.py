@@ -58,6 +58,10 @@ def test_draw_distribution_covers_families_orders_and_cutoffs():
     log_cfg = D.DegradeConfig(cutoff_distribution="log")
     lc = np.array([D.draw_spec(log_cfg, 0, 0, i).cutoff_hz for i in range(2000)])
     assert abs(np.median(lc) / np.sqrt(2000 * 16000) - 1) < 0.08
+    # a coarser cutoff grid
+    step_cfg = D.DegradeConfig(cutoff_step_hz=50, min_cutoff_hz=2010.0)
+    sc = np.array([D.draw_spec(step_cfg, 0, 0, i).cutoff_hz for i in range(500)])
+    assert np.all(sc % 50 == 0) and sc.min() >= 2050 and sc.max() <= 16000
 
 
 def test_config_roundtrip_and_validation():
@@ -70,6 +74,8 @@ def test_config_roundtrip_and_validation():
         dict(max_order=11),
         dict(max_cutoff_hz=24000.0),
         dict(cutoff_distribution="normal"),
+        dict(cutoff_step_hz=0),
+        dict(cutoff_step_hz=2.5),
     ):
         with pytest.raises(ValueError):
             D.DegradeConfig(**bad)
