@@ -314,8 +314,8 @@ def _render(synth, events: list[tuple[int, int, int, int, int]], n_total: int) -
 
 def music_clips(cache: Path) -> Iterator[Clip]:
     sf2 = deb_extract_one(cache, fetch_deb(cache, "fluid-soundfont-gm"), "sf2/FluidR3_GM.sf2")
-    fetch_wheel(cache, "music21")
-    pip_target(cache, MUSIC_DEPS)
+    m21 = fetch_wheel(cache, "music21")
+    pip_target(cache, [str(m21) if n == "music21" else n for n in MUSIC_DEPS])
     try:
         import tinysoundfont
         from music21 import corpus
@@ -592,6 +592,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", default="out/corpus_cache", type=Path)
     ap.add_argument("--minutes", default=20.0, type=float, help="total minutes of audio (shared among domains)")
     ap.add_argument("--sources", default="music,speech,effects", help="comma-separated domains")
+    ap.add_argument("--min-bandwidth", default=12_000.0, type=float, metavar="HZ",
+                    help="drop pieces whose measured bandwidth is below this (0 keeps everything)")
     ap.add_argument("--folder", action="append", default=[], metavar="DOMAIN=PATH",
                     help="extra local folder source (used after the built-in ones of that domain)")
     a = ap.parse_args(argv)
@@ -605,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
         if dom not in DOMAIN_SHARE or not path:
             ap.error(f"--folder expects DOMAIN=PATH with DOMAIN in {sorted(DOMAIN_SHARE)}, got {spec!r}")
         sources.append(folder_source(dom, Path(path)))
-    m = build(a.out, a.cache, a.minutes, domains, sources)
+    m = build(a.out, a.cache, a.minutes, domains, sources, a.min_bandwidth)
     for k, v in m["summary"].items():
         print(f"{k:>14} {v['domain']:>8}: {v['clips']:4d} clips {v['minutes']:6.2f} min "
               f"median bandwidth {v['median_bandwidth_hz'] / 1000:.1f} kHz")
