@@ -477,9 +477,13 @@ MAX_CLIP_S = 30.0
 PACK_GAP_S = 0.25
 
 
-def _pieces(src: Source, cache: Path, min_bw: float, stats: dict) -> Iterator[tuple[np.ndarray, int, list[str], str | None]]:
-    """(conditioned 48 kHz audio, original rate, origins) per output clip of ``src``: pieces below ``min_bw``
-    (Hz) dropped and counted in ``stats``, long ones cut to MAX_CLIP_S, short ones packed when ``src.pack_s``."""
+PackedClip = tuple[np.ndarray, int, list[str], "str | None"]
+
+
+def _pieces(src: Source, cache: Path, min_bw: float, stats: dict) -> Iterator[PackedClip]:
+    """(conditioned 48 kHz audio, original rate, origins, name or None) per output clip of ``src``: pieces below
+    ``min_bw`` (Hz) dropped and counted in ``stats``, long ones cut to MAX_CLIP_S, short ones packed when
+    ``src.pack_s`` (packed clips get a numbered name from the caller)."""
     buf: list[np.ndarray] = []
     buf_origins: list[str] = []
     buf_sr = None
