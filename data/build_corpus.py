@@ -190,15 +190,26 @@ def deb_version(deb: Path) -> str:
 
 
 def deb_members(deb: Path, pattern: str) -> Iterator[tuple[str, bytes]]:
-    """(member name, bytes) of the files in a .deb's data tarball matching the fnmatch ``pattern``, sorted."""
-    proc = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True)
-    if proc.returncode != 0:
+    """(member name, bytes) of the files in a .deb's data tarball matching the fnmatch ``pattern``, sorted by name.
+
+    The tarball is streamed from ``dpkg-deb --fsys-tarfile``; only matching members are kept in memory."""
+    proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    found = {}
+    try:
+        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+            for m in tar:
+                if m.isfile() and fnmatch.fnmatch(m.name, pattern):
+                    found[m.name] = tar.extractfile(m).read()
+    except tarfile.TarError as e:
+        raise SourceUnavailable(f"dpkg-deb cannot read {deb.name} ({e})") from e
+    finally:
+        proc.stdout.close()
+        rc = proc.wait()
+    if rc != 0:
         raise SourceUnavailable(f"dpkg-deb cannot read {deb.name}")
-    with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as tar:
-        members = sorted((m for m in tar.getmembers() if m.isfile() and fnmatch.fnmatch(m.name, pattern)),
-                         key=lambda m: m.name)
-        for m in members:
-            yield m.name, tar.extractfile(m).read()
+    for name in sorted(found):
+        yield name, found[name]
 
 
 def deb_extract_one(cache: Path, deb: Path, member_suffix: str) -> Path:
