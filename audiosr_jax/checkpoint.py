@@ -95,8 +95,11 @@ def save_weights(weights: AudioSRWeights, directory: str | os.PathLike, overwrit
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_weights(directory: str | os.PathLike) -> AudioSRWeights:
-    """Read a checkpoint directory written by `save_weights` (or `python -m audiosr_jax.convert`)."""
+def load_weights(directory: str | os.PathLike, sharding: jax.sharding.Sharding | None = None) -> AudioSRWeights:
+    """Read a checkpoint directory written by `save_weights` (or `python -m audiosr_jax.convert`).
+
+    `sharding`: where to place every weight (e.g. replicated over a mesh); restoring straight into it avoids
+    a second copy of the weights (2.7 GB at full size) when they are later used on that mesh."""
     import orbax.checkpoint as ocp
 
     directory = os.path.abspath(os.fspath(directory))
@@ -121,6 +124,8 @@ def load_weights(directory: str | os.PathLike) -> AudioSRWeights:
     target = dict(abstract_params(vae, unet, voc))
     if arch.get("has_cond_vae"):
         target["cond_vae"] = {k: v for k, v in target["vae"].items() if k in ("encoder", "quant_conv")}
+    if sharding is not None:
+        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), target)
     try:
         params = ocp.StandardCheckpointer().restore(os.path.join(directory, "params"), target)
     except Exception as e:  # orbax raises many types for missing/corrupt/mismatched files

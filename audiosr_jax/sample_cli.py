@@ -89,7 +89,7 @@ def main(argv=None) -> int:
         _enable_compilation_cache()
         import jax
         import numpy as np
-        from jax.sharding import Mesh
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
         from audiosr_jax.batch import BatchConfig, run_batch, write_report
         from audiosr_jax.checkpoint import load_weights
@@ -102,13 +102,14 @@ def main(argv=None) -> int:
             from audiosr_jax.audio import load_audio
 
             load_audio(jobs[0].input, max_channels=args.max_channels)
-        weights = load_weights(args.checkpoint)
         devices = jax.local_devices()[: args.devices or None]
+        mesh = Mesh(np.asarray(devices), ("data",))
+        weights = load_weights(args.checkpoint, sharding=NamedSharding(mesh, P()))  # placed once, replicated
         cfg = BatchConfig(options=SamplingOptions(args.steps, args.guidance, args.eta, args.sampler, args.dtype),
                           seed=args.seed, batch_per_device=args.batch_size, max_channels=args.max_channels,
                           overwrite=args.overwrite or single, match_loudness=args.match_loudness)
         start = time.perf_counter()
-        results = run_batch(weights, jobs, cfg, mesh=Mesh(np.asarray(devices), ("data",)),
+        results = run_batch(weights, jobs, cfg, mesh=mesh,
                             progress=not (args.no_progress or single))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
