@@ -1,11 +1,7 @@
 #!/usr/bin/env bash
 # Install audiosr-jax with its test extras into ./.venv and run the test suite (CPU only).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-. .venv/bin/activate
-python -m pip install -q --upgrade pip
+. "$(dirname "$0")/venv.sh"
 # The CPU build of PyTorch first (only the converter's .bin/.pth reader and the tests use it), so that
 # nothing below can pull a multi-GB CUDA build.
 python -m pip install -q torch==2.13.0
