@@ -1,0 +1,1 @@
+"""Training data: the TFDS / ArrayRecord segment dataset (``segments``) and its loader."""
