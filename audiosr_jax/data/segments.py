@@ -27,6 +27,7 @@ Reading needs no TensorFlow: ``open_split(version_dir, "train")[i]`` is a dict o
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -428,6 +429,27 @@ _PRESETS = (
 )
 
 
+@contextlib.contextmanager
+def _deterministic_example_serialization():
+    """TFDS serializes each ``tf.train.Example`` with ``SerializeToString()``: protobuf (upb) writes the entries
+    of the ``features`` map in a hash order that changes from process to process, so two builds of the same
+    data differ byte for byte (same records when parsed). While this builder writes, serialize with
+    ``deterministic=True`` (map entries sorted by key); readers parse both orders alike."""
+    from tensorflow_datasets.core import example_serializer
+
+    cls = example_serializer.ExampleSerializer
+    original = cls.serialize_example
+
+    def serialize_example(self, example):
+        return self.get_tf_example(example).SerializeToString(deterministic=True)
+
+    cls.serialize_example = serialize_example
+    try:
+        yield
+    finally:
+        cls.serialize_example = original
+
+
 class AudioSegments(tfds.core.GeneratorBasedBuilder):
     """48 kHz mono int16 audio segments with per-example metadata (see the module docstring).
 
@@ -465,6 +487,10 @@ class AudioSegments(tfds.core.GeneratorBasedBuilder):
             supervised_keys=None,
             homepage="https://github.com/haoheliu/versatile_audio_super_resolution",
         )
+
+    def _download_and_prepare(self, *args, **kwargs):
+        with _deterministic_example_serialization():
+            return super()._download_and_prepare(*args, **kwargs)
 
     # -- preparation: discovery, header checks, split assignment, fit check ---------------------------------
 
