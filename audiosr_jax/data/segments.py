@@ -328,11 +328,11 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
-def _cut_file(inp: _Input, header: dict, split: str, cfg: SegmentConfig) -> dict:
+def _cut_file(inp: _Input, header: dict, cfg: SegmentConfig) -> dict:
     """Decode one file and cut it into examples. Never raises for bad data: returns ``{"skip": reason}``."""
     from audiosr_jax.audio import load_audio, resample
 
-    res = {"source": inp.source, "path": str(inp.path), "split": split, "skip": None}
+    res = {"source": inp.source, "path": str(inp.path), "skip": None}
     try:
         # the inference loader's checks (zero frames, NaN / inf, silent), with the builder's channel limit
         audio, sr = load_audio(inp.path, max_channels=cfg.max_channels)
@@ -464,8 +464,9 @@ class AudioSegments(tfds.core.GeneratorBasedBuilder):
         "Only for `tfds build`: point --manual_dir at a folder with speech/, music/ and/or effects/ subfolders of "
         "audio files (e.g. out/corpus). Prefer `python data/build.py --source DOMAIN=FOLDER ...`.")
 
-    def __init__(self, *, sources=None, workers: int | None = None, **kwargs):
+    def __init__(self, *, sources=None, workers: int | None = None, cache_bytes: int = 1 << 30, **kwargs):
         self._sources = sources
+        self._cache_bytes = cache_bytes
         self._workers = workers if workers is not None else min(4, os.cpu_count() or 1)
         if kwargs.get("file_format") is None:  # TFDS's default (tfrecord) needs TensorFlow
             kwargs["file_format"] = "array_record"
@@ -492,7 +493,11 @@ class AudioSegments(tfds.core.GeneratorBasedBuilder):
         with _deterministic_example_serialization():
             return super()._download_and_prepare(*args, **kwargs)
 
-    # -- preparation: discovery, header checks, split assignment, fit check ---------------------------------
+    # -- preparation: discovery, header checks, fit check, decoding, split assignment ------------------------
+    #
+    # Every file is decoded and cut *before* splits are assigned: TFDS cannot write an empty split, and only
+    # decoding tells which files yield segments (a corrupt or all-silent file yields none). Cut examples are
+    # kept in memory up to ``cache_bytes``; files beyond that are decoded a second time while writing.
 
     def _prepare_plan(self, dl_manager) -> None:
         cfg: SegmentConfig = self.builder_config.segment
@@ -505,11 +510,15 @@ class AudioSegments(tfds.core.GeneratorBasedBuilder):
                 raise DatasetError(f"{manual}: no {'/, '.join(DOMAINS)}/ subfolder to build from")
         inputs, ignored = _discover(pairs)
         headers, skipped = {}, []
+
+        def skip(source, path, reason):
+            skipped.append({"source": source, "path": str(path), "reason": reason})
+            logger.warning("skipped %s: %s", path, reason)
+
         for inp in inputs:
             h = _probe(inp, cfg)
             if isinstance(h, str):
-                skipped.append({"source": inp.source, "path": str(inp.path), "reason": h})
-                logger.warning("skipped %s: %s", inp.path, h)
+                skip(inp.source, inp.path, h)
             else:
                 headers[inp.source] = h
         usable = [inp for inp in inputs if inp.source in headers]
@@ -527,69 +536,77 @@ class AudioSegments(tfds.core.GeneratorBasedBuilder):
                 f"no segment fits: segment length {cfg.segment_seconds:g} s (tail={cfg.tail}, min tail "
                 f"{cfg.min_tail_seconds:g} s) is longer than every file; the longest is {longest.path} "
                 f"({n_long / SAMPLE_RATE:.3f} s); {hint}")
-        split, notes = assign_splits([i.source for i in usable], cfg.validation_fraction)
+
+        files, self._cache = [], {}
+        cache_left = self._cache_bytes
+        for res in _ordered_map(lambda inp: _cut_file(inp, headers[inp.source], cfg), usable, self._workers,
+                                ahead=2 * self._workers):
+            if res["skip"] is not None:
+                skip(res["source"], res["path"], res["skip"])
+                continue
+            examples = res.pop("examples")
+            size = len(examples) * cfg.segment_samples * 2
+            if size <= cache_left:
+                cache_left -= size
+                self._cache[res["source"]] = examples
+            del res["skip"]
+            files.append(res)
+            if not examples:
+                logger.warning("%s: no segment kept (%d silent, %d tail(s) dropped)", res["path"], res["silent"],
+                               res["tails_dropped"])
+        productive = [f["source"] for f in files if f["segments"] > 0]
+        totals = {k: sum(f[k] for f in files) for k in ("segments", "silent", "tails_dropped", "tails_padded")}
+        if not productive:
+            raise DatasetError(
+                f"no segments written: every segment was silent or too short ({totals['silent']} silent, "
+                f"{totals['tails_dropped']} tails dropped, {len(skipped)} of {len(inputs)} files skipped)")
+        split, notes = assign_splits(productive, cfg.validation_fraction)
         for note in notes:
             logger.warning("%s", note)
-        self._plan = [(inp, headers[inp.source], split[inp.source]) for inp in usable]
+        for f in files:
+            f["split"] = split.get(f["source"])  # None: the file gave no segment
+        self._split_list = tuple(s for s in SPLITS if s in split.values())
+        by_source = {i.source: i for i in usable}
+        self._plan = [(by_source[f["source"]], headers[f["source"]], f) for f in files if f["split"]]
+        skipped.sort(key=lambda r: r["source"])
         self._report = {
             "dataset": self.name, "config_name": cfg.name, "version": str(self.version),
             "segment_config": cfg.to_dict(), "segment_samples": cfg.segment_samples, "sample_rate": SAMPLE_RATE,
             "inputs": [{"domain": d, "path": str(p)} for d, p in pairs],
-            "files_seen": len(inputs), "files_used": 0, "files_skipped": len(skipped),
-            "segments": {s: 0 for s in self._split_names()}, "segments_dropped_silent": 0,
-            "tails_dropped": 0, "tails_padded": 0,
-            "skipped": skipped, "ignored_non_audio": ignored, "notes": notes, "files": [],
+            "files_seen": len(inputs), "files_used": len(files), "files_skipped": len(skipped),
+            "segments": {s: sum(f["segments"] for f in files if f["split"] == s) for s in self._split_list},
+            "segments_dropped_silent": totals["silent"], "tails_dropped": totals["tails_dropped"],
+            "tails_padded": totals["tails_padded"],
+            "skipped": skipped, "ignored_non_audio": ignored, "notes": notes,
+            "files": [{k: v for k, v in f.items() if k != "path"} for f in files],
         }
         self._splits_done: set[str] = set()
 
-    def _split_names(self) -> tuple[str, ...]:
-        return SPLITS if self.builder_config.segment.validation_fraction > 0 else ("train",)
-
     def _split_generators(self, dl_manager):
         self._prepare_plan(dl_manager)
-        return {s: self._generate_examples(s) for s in self._split_names()}
+        return {s: self._generate_examples(s) for s in self._split_list}
 
     def _generate_examples(self, split: str):
         cfg: SegmentConfig = self.builder_config.segment
-        todo = [(inp, h) for inp, h, s in self._plan if s == split]
-        rep = self._report
-        for res in _ordered_map(lambda a: _cut_file(a[0], a[1], split, cfg), todo, self._workers,
-                                ahead=2 * self._workers):
-            if res["skip"] is not None:
-                rep["files_skipped"] += 1
-                rep["skipped"].append({"source": res["source"], "path": res["path"], "reason": res["skip"]})
-                logger.warning("skipped %s: %s", res["path"], res["skip"])
-                continue
-            rep["files_used"] += 1
-            rep["segments"][split] += res["segments"]
-            for k in ("silent", "tails_dropped", "tails_padded"):
-                rep["segments_dropped_silent" if k == "silent" else k] += res[k]
-            examples = res.pop("examples")
-            rep["files"].append({k: v for k, v in res.items() if k not in ("skip", "path")})
-            if not examples:
-                logger.warning("%s: no segment kept (%d silent, %d tail(s) dropped)", res["path"], res["silent"],
-                               res["tails_dropped"])
+        todo = [(inp, h, f) for inp, h, f in self._plan if f["split"] == split]
+
+        def examples_of(item):
+            inp, header, f = item
+            cached = self._cache.pop(inp.source, None)
+            if cached is not None:
+                return cached
+            res = _cut_file(inp, header, cfg)  # not cached: decode again (same pure function, same result)
+            if res["skip"] is not None or res["segments"] != f["segments"]:
+                raise DatasetError(f"{inp.path}: changed while the dataset was being built")
+            return res["examples"]
+
+        for examples in _ordered_map(examples_of, todo, self._workers, ahead=2 * self._workers):
             for ex in examples:
                 yield f"{ex['source']}|{int(ex['channel'])}|{int(ex['offset'])}", ex
-        self._finish_split(split)
-
-    def _finish_split(self, split: str) -> None:
-        rep = self._report
         self._splits_done.add(split)
-        if rep["segments"][split] == 0:
-            note = f"split {split} has no segments"
-            rep["notes"].append(note)
-            logger.warning("%s", note)
-        rep["skipped"].sort(key=lambda r: r["source"])
-        rep["files"].sort(key=lambda r: r["source"])
-        if self._splits_done == set(self._split_names()) and sum(rep["segments"].values()) == 0:
-            raise DatasetError(
-                f"no segments written: every segment was silent or too short "
-                f"({rep['segments_dropped_silent']} silent, {rep['tails_dropped']} tails dropped, "
-                f"{rep['files_skipped']} files skipped)")
-        # written into the (temporary) version dir, renamed with it when TFDS finishes
+        # written into the (temporary) version dir, which TFDS renames when every split is written
         path = Path(os.fspath(self.data_dir)) / REPORT_NAME
-        path.write_text(json.dumps(rep, indent=1, sort_keys=True) + "\n")
+        path.write_text(json.dumps(self._report, indent=1, sort_keys=True) + "\n")
 
 
 def builder_config_for(segment: SegmentConfig | None) -> AudioSegmentsConfig:
@@ -607,7 +624,7 @@ def builder_config_for(segment: SegmentConfig | None) -> AudioSegmentsConfig:
 
 
 def build_dataset(sources, data_dir, *, config: SegmentConfig | None = None, overwrite: bool = False,
-                  workers: int | None = None) -> Path:
+                  workers: int | None = None, cache_bytes: int = 1 << 30) -> Path:
     """Build the ``audio_segments`` dataset from folders of audio files.
 
     Args:
@@ -618,6 +635,8 @@ def build_dataset(sources, data_dir, *, config: SegmentConfig | None = None, ove
       overwrite: replace an existing build of the same config; without it an existing build is an error (the
         config name does not encode the sources, so silently reusing it could serve other data).
       workers: decode/resample threads (default min(4, cpu count)); the output does not depend on it.
+      cache_bytes: int16 segments kept in memory between the decode pass and writing; files beyond it are
+        decoded again while writing (same bytes, more time).
 
     Returns:
       The version dir (``dataset_info.json``, ``features.json``, ``audio_segments-{train,validation}
@@ -632,16 +651,30 @@ def build_dataset(sources, data_dir, *, config: SegmentConfig | None = None, ove
     bc = builder_config_for(config)
     pairs = normalize_sources(sources)
     data_dir = Path(data_dir)
-    builder = AudioSegments(sources=pairs, workers=workers, data_dir=str(data_dir), config=bc)
+    builder = AudioSegments(sources=pairs, workers=workers, cache_bytes=cache_bytes, data_dir=str(data_dir),
+                            config=bc)
     version_dir = Path(os.fspath(builder.data_dir))
     if version_dir.exists():
         if not overwrite:
             raise DatasetError(f"{version_dir} already exists; pass overwrite=True (--overwrite) to rebuild it")
         shutil.rmtree(version_dir)
+    # folders TFDS creates before our checks run: removed again when the build fails, so nothing is left
+    new_data_dir = not data_dir.exists()
+    ours = next((p for p in (data_dir / "audio_segments", version_dir.parent) if not p.exists()), None)
+    _discover(pairs)  # a missing folder or one without audio: fail before TFDS touches the disk
     dl_config = tfds.download.DownloadConfig(try_download_gcs=False,
                                              compute_stats=tfds.download.ComputeStatsMode.SKIP)
-    builder.download_and_prepare(download_dir=str(data_dir / "downloads"), download_config=dl_config)
-    _drop_empty_dir(data_dir / "downloads")
+    try:
+        builder.download_and_prepare(download_dir=str(data_dir / "downloads"), download_config=dl_config)
+    except BaseException:
+        _drop_empty_dir(data_dir / "downloads")
+        if ours is not None:  # the outermost folder this call created below data_dir
+            shutil.rmtree(ours, ignore_errors=True)
+        if new_data_dir:
+            _drop_empty_dir(data_dir)
+        raise
+    finally:
+        _drop_empty_dir(data_dir / "downloads")
     rep = json.loads((version_dir / REPORT_NAME).read_text())
     logger.info(
         "built %s in %.1f s: %d files seen, %d used, %d skipped; segments %s; %d silent dropped, %d tails dropped,"
