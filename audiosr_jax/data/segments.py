@@ -17,8 +17,12 @@ the build never crashes on bad data. Each build writes ``build_report.json`` nex
 (files seen / used / skipped with reasons, segments per split, silent segments and tails dropped, one entry per
 file) and logs the same through :mod:`logging` (logger ``audiosr_jax.data.segments``).
 
+All files are decoded and cut before splits are assigned (TFDS cannot write an empty split; only decoding tells
+which files yield segments); the cut segments are kept in memory up to ``cache_bytes``, the rest is decoded again.
+
 Deterministic: files are enumerated in sorted order, decoded by a thread pool whose results are consumed in
-input order, and TFDS shuffles by a hash of the example key; two builds of the same inputs give byte-identical
+input order, TFDS shuffles by a hash of the example key, and examples are serialized with sorted protobuf map
+entries (see ``_deterministic_example_serialization``); two builds of the same inputs give byte-identical
 ArrayRecord files, ``features.json`` and ``dataset_info.json``.
 
 Reading needs no TensorFlow: ``open_split(version_dir, "train")[i]`` is a dict of numpy values.
@@ -458,7 +462,7 @@ class AudioSegments(tfds.core.GeneratorBasedBuilder):
     """
 
     VERSION = tfds.core.Version(DATASET_VERSION)
-    RELEASE_NOTES = {DATASET_VERSION: "Segments, int16 bytes, metadata: source, offset, domain, original rate, channel."}
+    RELEASE_NOTES = {DATASET_VERSION: "int16 segments (raw bytes) with source, offset, domain, original rate, channel."}
     BUILDER_CONFIGS = [_make_builder_config(s) for s in _PRESETS]
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Only for `tfds build`: point --manual_dir at a folder with speech/, music/ and/or effects/ subfolders of "
