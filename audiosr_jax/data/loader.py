@@ -43,6 +43,7 @@ samples than that.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Sequence
 
@@ -120,6 +121,17 @@ def crop_offset(rng: np.random.Generator, segment: int, valid: int, crop: int, m
     return int(rng.integers(0, hi + 1))
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _device_params(spec: D.LowpassSpec, sr: int) -> dict:
+    # the filter design (~1-3 ms) dominates the device path's host cost; a spec repeats often when
+    # DegradeConfig.cutoff_step_hz > 1 (5 families x 9 orders x 281 cutoffs at 50 Hz), rarely at 1 Hz
+    out = {k: v[0] for k, v in D.response_params([spec], sr).items()}
+    for v in out.values():
+        if isinstance(v, np.ndarray):  # scalars are immutable already
+            v.flags.writeable = False
+    return out
+
+
 class _Example:
     """Map (position, record index) -> one training example (numpy). Picklable for grain workers."""
 
@@ -148,7 +160,7 @@ class _Example:
             out["lowpass"] = low
         elif cfg.lowpass == "device":
             spec = D.draw_spec(dcfg, cfg.seed, epoch, index)
-            out["lowpass_params"] = {k: v[0] for k, v in D.response_params([spec], dcfg.sample_rate).items()}
+            out["lowpass_params"] = _device_params(spec, dcfg.sample_rate)
         else:
             spec = None
         out["cutoff_hz"] = np.float32(dcfg.sample_rate / 2 if spec is None else spec.cutoff_hz)
@@ -217,6 +229,11 @@ class Loader:
         ds = ds[pi::pc]
         it = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.prefetch_buffer))
         if cfg.worker_count > 0:
+            # grain reads absl flags when it starts workers; a program without absl.app has not parsed them
+            from absl import flags
+
+            if not flags.FLAGS.is_parsed():
+                flags.FLAGS.mark_as_parsed()
             # before batching: workers take elements round-robin, so the stream is the in-process one
             it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.worker_count,
                                                              per_worker_buffer_size=cfg.worker_buffer))
