@@ -1,0 +1,58 @@
+"""``python train.py --config=configs/<stage>.py[:preset] [--config.x=y ...] --workdir=DIR``.
+
+Trains (or resumes) one stage. Multi-host: ``--multihost`` calls ``jax.distributed.initialize()`` first
+(TPU pod slices and SLURM clusters are detected from the environment). Errors a user can cause print one
+line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "stage config file (configs/ldm.py, vae.py, vocoder.py)")
+_WORKDIR = flags.DEFINE_string("workdir", None, "run directory: checkpoints, TensorBoard logs, config")
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "call jax.distributed.initialize() (pod slice / SLURM)")
+_STOP_AFTER = flags.DEFINE_integer("stop_after", None, "stop (with a checkpoint) after this many steps")
+
+
+def _main(argv):
+    del argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    import jax
+
+    if _MULTIHOST.value:
+        jax.distributed.initialize()
+    from audiosr_jax.errors import UserError
+    from audiosr_jax.training.loop import train
+
+    config = _CONFIG.value
+    if config is None or not _WORKDIR.value:
+        print("error: --config and --workdir are required", file=sys.stderr)
+        return 2
+    try:
+        from audiosr_jax.sample_cli import _enable_compilation_cache
+
+        _enable_compilation_cache()
+        last = train(config, _WORKDIR.value, stop_after=_STOP_AFTER.value)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    logging.info("done at step %d: %s", last["step"],
+                 ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k != "step" and isinstance(v, float)))
+    return 0
+
+
+def main():
+    try:
+        app.run(lambda argv: sys.exit(_main(argv)))
+    except SystemExit as e:
+        return e.code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Stage ``ldm``: the latent diffusion UNet on the frozen VAE's scaled latents.
+
+Per example (48 kHz waveform crops from the loader): normalise as the reference does (remove the mean,
+peak 0.5), low-pass (host pair from the loader, or the filter applied on device), log-mel both, encode
+both with the frozen VAE (posterior *samples*, as AudioSR), scale by ``scale_factor``; with probability
+``cfg_drop_prob`` (once per batch as the reference, or per example) the condition becomes the constant
+−11.4981 latent; t ~ U{0..T−1}; loss = the configured objective (AudioSR: MSE on v, cosine schedule with
+zero terminal SNR). The UNet input is ``concat([x_t, cond · scale_factor], channels)``.
+
+Shapes: batch "audio" [B, N] float32 48 kHz, N a multiple of 480 · 8 · 2^(UNet levels − 1) samples
+(30,720 = 0.64 s for the released architecture); latents [B, N/3840, 32, C].
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from audiosr_jax import audio
+from audiosr_jax.degrade import degrade_on_device
+from audiosr_jax.diffusion import objectives
+from audiosr_jax.diffusion.schedules import make_alphas_cumprod
+from audiosr_jax.models.unet import UNetConfig, UNetModel
+from audiosr_jax.models.vae import AutoencoderKL, VAEConfig, posterior_sample
+from audiosr_jax.pipeline import UNCONDITIONAL_LATENT
+from audiosr_jax.training import state as st
+
+
+def normalize_pair(wave: jax.Array, low: jax.Array | None) -> tuple[jax.Array, jax.Array | None]:
+    """The reference's ``normalize_wav`` per example ([B, N]): x − mean, scaled to peak 0.5. The same
+    affine map is applied to the low-passed copy (a low-pass passes DC), so the pair stays consistent."""
+    mean = jnp.mean(wave, axis=-1, keepdims=True)
+    scale = 0.5 / (jnp.max(jnp.abs(wave - mean), axis=-1, keepdims=True) + 1e-8)
+    return (wave - mean) * scale, None if low is None else (low - mean) * scale
+
+
+def lowpassed(batch: dict, wave: jax.Array, low: jax.Array | None) -> jax.Array:
+    """The low-passed input: the loader's host pair, or the filter applied here on device."""
+    if low is not None:
+        return low
+    if "lowpass_params" in batch:
+        return degrade_on_device(wave, batch["lowpass_params"])
+    raise ValueError("batch has neither 'lowpass' nor 'lowpass_params': set data.lowpass to host or device")
+
+
+class LDMStage:
+    """The LDM stage: ``init`` -> trained params {"unet"}; ``train_step`` and ``eval_step`` are pure."""
+
+    name = "ldm"
+    groups = ("unet",)
+    ema_groups = ("unet",)
+
+    def __init__(self, config: Any, vae_cfg: VAEConfig, unet_cfg: UNetConfig, dtype=jnp.float32):
+        c = config.ldm
+        self.vae_cfg, self.unet_cfg, self.dtype = vae_cfg, unet_cfg, dtype
+        self.vae = AutoencoderKL(vae_cfg, dtype=dtype)
+        self.unet = UNetModel(unet_cfg, dtype=dtype)
+        self.parameterization, self.weighting = c.parameterization, c.weighting
+        self.min_snr_gamma = float(c.get("min_snr_gamma", 5.0))
+        self.cfg_drop_prob, self.cfg_drop_per = float(c.cfg_drop_prob), c.cfg_drop_per
+        if self.cfg_drop_per not in ("batch", "example"):
+            raise ValueError(f"ldm.cfg_drop_per must be 'batch' or 'example', got {self.cfg_drop_per!r}")
+        kwargs = c.get("schedule_kwargs") or {}
+        kwargs = kwargs.to_dict() if hasattr(kwargs, "to_dict") else dict(kwargs)
+        self.alphas_cumprod = np.asarray(make_alphas_cumprod(c.schedule, int(c.num_timesteps), **kwargs), np.float32)
+        self.grad_accum = int(config.train.get("grad_accum", 1))
+        self.ema_decay = float(c.ema_decay)
+
+    def init(self, key: jax.Array, batch_shape: tuple[int, int]) -> dict:
+        """Fresh UNet params for crops of ``batch_shape`` = (B, N samples)."""
+        f = self.vae_cfg.downsample_factor
+        frames = batch_shape[1] // audio.HOP
+        x = jnp.zeros((1, frames // f, 256 // f, self.unet_cfg.in_channels), jnp.float32)
+        return {"unet": self.unet.init(key, x, jnp.zeros((1,), jnp.int32))["params"]}
+
+    def latents(self, vae_params, batch: dict, key: jax.Array, scale_factor) -> tuple[jax.Array, jax.Array]:
+        """(z [B, T/8, 32, C] scaled target latent, cond [B, T/8, 32, C] unscaled condition latent)."""
+        wave, low = normalize_pair(batch["audio"], batch.get("lowpass"))
+        low = lowpassed(batch, wave, low)
+        mels = audio.log_mel_spectrogram(jnp.concatenate([wave, low], axis=0))[0][..., None]
+        mean, logvar = self.vae.apply({"params": vae_params}, mels, method=AutoencoderKL.encode)
+        z = posterior_sample(mean, logvar, jax.random.normal(key, mean.shape))
+        z = jax.lax.stop_gradient(z)
+        b = wave.shape[0]
+        return z[:b] * scale_factor, z[b:]
+
+    def measure_scale_factor(self, vae_params, batch: dict, key: jax.Array) -> jax.Array:
+        """AudioLDM's ``scale_by_std``: 1 / std of the target latents of one batch."""
+        z, _ = self.latents(vae_params, batch, key, 1.0)
+        return 1.0 / jnp.std(z)
+
+    def loss(self, params, frozen, batch, key):
+        """(loss, metrics) of one (micro-)batch."""
+        k_enc, k_drop, k_t, k_eps = jax.random.split(key, 4)
+        z, cond = self.latents(frozen["vae"], batch, k_enc, frozen["scale_factor"])
+        b = z.shape[0]
+        drop_shape = (1,) if self.cfg_drop_per == "batch" else (b,)
+        drop = jax.random.uniform(k_drop, drop_shape) < self.cfg_drop_prob
+        cond = jnp.where(drop.reshape(-1, 1, 1, 1), UNCONDITIONAL_LATENT, cond) * frozen["scale_factor"]
+        t = jax.random.randint(k_t, (b,), 0, self.alphas_cumprod.shape[0])
+        eps = jax.random.normal(k_eps, z.shape)
+        a = jnp.asarray(self.alphas_cumprod)[t]
+        x_t = jnp.sqrt(a)[:, None, None, None] * z + jnp.sqrt(1.0 - a)[:, None, None, None] * eps
+        pred = self.unet.apply({"params": params["unet"]}, jnp.concatenate([x_t, cond], axis=-1), t)
+        loss = objectives.diffusion_loss(pred, z, eps, a, self.parameterization, self.weighting, self.min_snr_gamma)
+        return loss, {"loss": loss, "latent_std": jnp.std(z), "cfg_dropped": jnp.mean(drop.astype(jnp.float32))}
+
+    def train_step(self, state: st.TrainState, frozen: dict, batch: dict, txs: dict):
+        """One optimizer step on the global batch (accumulated over ``train.grad_accum`` micro-batches)."""
+        key = st.step_key(state)
+        loss, metrics, grads = st.accumulate_grads(
+            lambda p, b, k: self.loss(p, frozen, b, k), state.params, batch, key, self.grad_accum)
+        grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads["unet"])))
+        new = st.apply_group(state, "unet", grads["unet"], txs["unet"])
+        new = st.update_ema(new, self.ema_decay)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        return st.finish_step(state, new, finite), {**metrics, "grad_norm": grad_norm, "finite": finite}
+
+    def eval_step(self, state: st.TrainState, frozen: dict, batch: dict, key: jax.Array) -> dict:
+        """Validation loss with the EMA params (if any) and the trained params."""
+        out = {"loss": self.loss(state.params, frozen, batch, key)[0]}
+        if state.ema:
+            out["loss_ema"] = self.loss(state.ema, frozen, batch, key)[0]
+        return out

@@ -1,0 +1,284 @@
+"""The training loop shared by the three stages: mesh, sharded state, data, jitted step, checkpoints,
+metrics, SIGTERM.
+
+Everything device-side is one jitted ``stage.train_step`` with explicit in/out shardings (state sharded by
+the config's logical-axis rules, batch on the batch axes); the host only feeds batches, writes summaries
+and saves checkpoints. A resumed run restores state, RNG, step and the data iterator, so it continues
+exactly where the interrupted one would have been.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import signal
+import threading
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from audiosr_jax import sharding as shd
+from audiosr_jax.errors import UserError
+from audiosr_jax.training import state as st
+from audiosr_jax.training.checkpoints import Checkpointer
+from audiosr_jax.training.optim import make_optimizer
+from audiosr_jax.training.stages import build_stage, initial_params
+from audiosr_jax.training.summary import SummaryWriter, compiled_flops, peak_flops
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(UserError):
+    """A run that cannot go on (repeated non-finite steps, bad data/config), with a one-line reason."""
+
+
+def state_specs(abstract: st.TrainState, txs: dict, rules, mesh) -> st.TrainState:
+    """PartitionSpecs for every leaf of a TrainState (params by logical rules; moments and EMA follow)."""
+    pspecs = {g: shd.param_specs(p, rules, mesh) for g, p in abstract.params.items()}
+    return st.TrainState(
+        step=P(), rng=P(), skipped=P(), consecutive_skipped=P(),
+        params=pspecs,
+        opt_state={g: shd.opt_state_specs(txs[g], abstract.opt_state[g], pspecs[g]) for g in abstract.opt_state},
+        ema={g: pspecs[g] for g in abstract.ema},
+    )
+
+
+def make_optimizers(config: Any, groups) -> dict:
+    """{group: optax transformation}: ``config.optim[group]`` if the config has per-group settings,
+    else ``config.optim``."""
+    total = int(config.train.total_steps)
+    out = {}
+    for g in groups:
+        cfg = config.optim[g] if g in config.optim else config.optim
+        out[g] = make_optimizer(cfg, total)[0]
+    return out
+
+
+def schedules(config: Any, groups) -> dict:
+    total = int(config.train.total_steps)
+    return {g: make_optimizer(config.optim[g] if g in config.optim else config.optim, total)[1] for g in groups}
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT -> save and stop at the next step boundary (preemption)."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        log.warning("signal %d: saving a checkpoint and stopping after this step", signum)
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _batch_shardings(batch: Any, rules, mesh) -> Any:
+    return jax.tree.map(lambda x: NamedSharding(mesh, shd.batch_spec(rules, mesh, np.ndim(x))), batch)
+
+
+def _host(tree) -> dict:
+    return {k: float(v) for k, v in jax.device_get(tree).items()}
+
+
+def train(config: Any, workdir: str, *, train_iter: Any = None, eval_batches: Any = None,
+          stop_after: int | None = None, progress: bool = True) -> dict:
+    """Run (or resume) ``config.stage`` in ``workdir`` until ``config.train.total_steps``.
+
+    ``train_iter``: an iterator of global batches with ``checkpoint_args()/restore_args()`` (default: the
+    loader over ``config.data``). ``eval_batches``: a callable returning an iterable of validation batches.
+    ``stop_after``: stop (with a checkpoint) after this many steps of this call — for tests and demos.
+    Returns the last logged metrics (host floats) plus "step".
+    """
+    from audiosr_jax.training import data as train_data
+
+    mesh = shd.make_mesh(tuple(tuple(a) for a in config.mesh))
+    rules = shd.rules_from_config(config.sharding_rules)
+    tc = config.train
+    shd.check_batch(int(tc.batch_size), rules, mesh, "train.batch_size")
+    accum = int(tc.get("grad_accum", 1))
+    if tc.batch_size % accum or (tc.batch_size // accum) % shd.batch_axes_size(rules, mesh):
+        raise shd.ShardingError(f"train.batch_size {tc.batch_size} / grad_accum {accum} does not divide over the "
+                                f"{shd.batch_axes_size(rules, mesh)} data-parallel shards")
+    stage, frozen_host = build_stage(config)
+    txs = make_optimizers(config, stage.groups)
+    lrs = schedules(config, stage.groups)
+    if train_iter is None:
+        train_iter = train_data.make_train_iterator(config, mesh, rules)
+    if eval_batches is None:
+        eval_batches = train_data.make_eval_batches(config, mesh, rules)
+
+    batch_shape = (int(tc.batch_size), int(config.data.crop_samples))
+    seed = int(tc.seed)
+
+    def init_fn(key):
+        return st.create_state(stage.init(key, batch_shape), txs, stage.ema_groups, seed)
+
+    key = jax.random.PRNGKey(seed)
+    abstract = jax.eval_shape(init_fn, key)
+    specs = state_specs(abstract, txs, rules, mesh)
+    state_sh = shd.named(mesh, specs)
+    abstract_sh = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
+
+    config_dict = config.to_dict()
+    ckpt = Checkpointer(workdir, config_dict, save_every=int(tc.save_every), keep=int(tc.keep_checkpoints),
+                        async_save=bool(tc.get("async_checkpoints", True)))
+    state, restored_step = ckpt.restore(abstract_sh, train_iter)
+    if state is None:
+        state = jax.jit(init_fn, out_shardings=state_sh)(key)
+        init = initial_params(config)
+        if init:
+            params = {**state.params}
+            for g, p in init.items():
+                params[g] = jax.device_put(p, state_sh.params[g])
+            ema = {g: jax.tree.map(jnp.copy, params[g]) for g in state.ema}
+            state = state.replace(params=params, ema=ema,
+                                  opt_state={g: txs[g].init(params[g]) for g in txs})
+            state = jax.device_put(state, state_sh)
+            log.info("fine-tuning from %s", tc.init_from)
+        start = 0
+    else:
+        start = int(restored_step)
+        log.info("resumed from step %d in %s", start, workdir)
+
+    frozen_specs = {k: (shd.param_specs(v, rules, mesh) if isinstance(v, dict) else P()) for k, v in frozen_host.items()}
+    frozen_sh = shd.named(mesh, frozen_specs)
+    frozen = jax.device_put(frozen_host, frozen_sh)
+
+    first = next(train_iter)
+    batch_sh = _batch_shardings(first, rules, mesh)
+    if getattr(stage, "needs_scale_factor", False) or (config.stage == "ldm" and float(frozen_host["scale_factor"]) == 0):
+        sf = _resolve_scale_factor(stage, ckpt, frozen, first, key, restored_step)
+        config_dict["ldm"]["scale_factor"] = sf
+        ckpt.config["ldm"]["scale_factor"] = sf
+        frozen["scale_factor"] = jax.device_put(np.float32(sf), frozen_sh["scale_factor"])
+
+    step_fn = jax.jit(functools.partial(stage.train_step, txs=txs), in_shardings=(state_sh, frozen_sh, batch_sh),
+                      out_shardings=(state_sh, None), donate_argnums=(0,))
+    t0 = time.perf_counter()
+    compiled = step_fn.lower(state, frozen, first).compile()
+    compile_s = time.perf_counter() - t0
+    flops = compiled_flops(compiled)
+    if flops:
+        flops *= accum  # scan bodies are counted once
+    peak = peak_flops(jax.devices()[0], str(tc.compute_dtype))
+    log.info("compiled the %s step in %.1f s; %s FLOPs/step", stage.name, compile_s,
+             f"{flops:.3g}" if flops else "unknown")
+
+    writer = SummaryWriter(workdir)
+    total = int(tc.total_steps)
+    end = total if stop_after is None else min(total, start + int(stop_after))
+    last: dict = {"step": start}
+    pbar = None
+    if progress and jax.process_index() == 0:
+        from tqdm import tqdm
+
+        pbar = tqdm(total=total, initial=start, desc=f"train {stage.name}", unit="step", dynamic_ncols=True)
+    log_every, eval_every = int(tc.log_every), int(tc.eval_every)
+    max_nan = int(tc.max_consecutive_nonfinite)
+    batch, step = first, start
+    window_t, window_steps = time.perf_counter(), 0
+    try:
+        with _StopFlag() as stop:
+            while step < end:
+                state, metrics = compiled(state, frozen, batch)
+                step += 1
+                window_steps += 1
+                if step % log_every == 0 or step == end:
+                    host = _host(metrics)
+                    skipped = int(state.consecutive_skipped)
+                    dt = (time.perf_counter() - window_t) / max(window_steps, 1)
+                    host.update({
+                        "steps_per_s": 1.0 / dt, "examples_per_s": tc.batch_size / dt,
+                        "skipped_steps": int(state.skipped), "compile_s": compile_s,
+                        **{f"lr/{g}": float(f(step)) for g, f in lrs.items()},
+                    })
+                    if flops:
+                        host["tflops_per_s"] = flops / dt / 1e12
+                        if peak:
+                            host["mfu"] = flops / dt / (peak * jax.device_count())
+                    window_t, window_steps = time.perf_counter(), 0
+                    writer.scalars(step, {f"train/{k}": v for k, v in host.items()})
+                    last = {"step": step, **host}
+                    if pbar:
+                        pbar.set_postfix({k: f"{host[k]:.4g}" for k in ("loss", "grad_norm") if k in host})
+                    if skipped >= max_nan:
+                        raise TrainingError(f"stopping at step {step}: {skipped} consecutive steps had a non-finite "
+                                            f"loss or gradient (every one skipped; the last checkpoint is finite)")
+                if eval_every and (step % eval_every == 0 or step == end):
+                    ev = evaluate(stage, state, frozen, eval_batches, key, writer, step)
+                    last.update({f"eval/{k}": v for k, v in ev.items()})
+                if pbar:
+                    pbar.update(1)
+                ckpt.save(step, state, train_iter, force=step == end or stop.requested)
+                if stop.requested:
+                    log.warning("stopped at step %d on request; checkpoint saved", step)
+                    break
+                if step < end:
+                    batch = next(train_iter)
+    finally:
+        if pbar:
+            pbar.close()
+        ckpt.close()
+        writer.close()
+    last["step"] = step
+    return last
+
+
+def _resolve_scale_factor(stage, ckpt: Checkpointer, frozen, batch, key, restored_step) -> float:
+    """The LDM latent scale: the value saved with the run if resuming, else 1/std(z) of the first batch."""
+    import orbax.checkpoint as ocp
+
+    if restored_step is not None:
+        saved = ckpt.manager.restore(restored_step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+        sf = float(saved.get("ldm", {}).get("scale_factor", 0.0))
+        if sf > 0:
+            return sf
+    sf = float(jax.jit(stage.measure_scale_factor)(frozen["vae"], batch, key))
+    if not math.isfinite(sf) or sf <= 0:
+        raise TrainingError(f"cannot measure the latent scale factor (got {sf}); set --config.ldm.scale_factor")
+    log.info("measured latent scale factor %.4f (1/std of the first batch's latents)", sf)
+    return sf
+
+
+def evaluate(stage, state, frozen, eval_batches, key, writer: SummaryWriter, step: int) -> dict:
+    """Mean of ``stage.eval_step`` over the validation batches; previews (images/audio) of the first one."""
+    if eval_batches is None:
+        return {}
+    sums: dict[str, float] = {}
+    n = 0
+    eval_fn = jax.jit(stage.eval_step)
+    for i, batch in enumerate(eval_batches()):
+        out = _host(eval_fn(state, frozen, batch, jax.random.fold_in(key, i)))
+        for k, v in out.items():
+            sums[k] = sums.get(k, 0.0) + v
+        n += 1
+        if i == 0 and hasattr(stage, "preview"):
+            _write_previews(stage.preview(state, frozen, batch, key), writer, step)
+    means = {k: v / max(n, 1) for k, v in sums.items()}
+    writer.scalars(step, {f"eval/{k}": v for k, v in means.items()})
+    return means
+
+
+def _write_previews(previews: dict, writer: SummaryWriter, step: int) -> None:
+    from audiosr_jax.training.summary import spectrogram_image
+
+    for name, value in previews.items():
+        value = np.asarray(jax.device_get(value))
+        if name.startswith("mel/"):
+            writer.image(step, name, spectrogram_image(value, name))
+        elif name.startswith("audio/"):
+            writer.audio(step, name, value)

@@ -1,0 +1,151 @@
+"""Sharded training step: meshes (8,1), (2,4), (1,8) give the 1-device loss and updated params (fp32
+tolerance); logical-axis rules; mesh and batch errors."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from audiosr_jax import sharding as shd
+from audiosr_jax.models.vae import AutoencoderKL
+from audiosr_jax.training import state as st
+from audiosr_jax.training.ldm import LDMStage
+from audiosr_jax.training.loop import make_optimizers, state_specs
+from audiosr_jax.training.stages import architectures
+from configs import ldm as ldm_config
+
+
+def _config(mesh):
+    c = ldm_config.get_config("tiny")
+    c.mesh = mesh
+    c.train.batch_size = 8
+    c.data.crop_samples = 15_360
+    c.optim.warmup_steps = 0
+    # Adam divides by sqrt(v): on gradients that are analytically zero (a bias before a GroupNorm) the
+    # fp32 reduction-order noise of a different mesh becomes a ±lr step. SGD keeps updates linear in the
+    # gradient, so "equal within fp32 tolerance" is a meaningful check; Adam's sharded state is checked below.
+    c.optim.optimizer = "sgd"
+    c.optim.b1 = 0.9
+    c.optim.lr = 1e-2
+    return c
+
+
+def _batch(b=8, n=15_360, seed=0):
+    rng = np.random.default_rng(seed)
+    audio = (0.1 * rng.standard_normal((b, n))).astype(np.float32)
+    # a crude low-pass (moving average) stands in for the loader's host pair
+    low = np.stack([np.convolve(x, np.ones(8) / 8, mode="same") for x in audio]).astype(np.float32)
+    return {"audio": audio, "lowpass": low}
+
+
+def _run(mesh_axes, steps=1, devices=None):
+    c = _config(mesh_axes)
+    mesh = shd.make_mesh(mesh_axes, devices)
+    rules = shd.rules_from_config(c.sharding_rules)
+    vae_cfg, unet_cfg, _ = architectures(c.model)
+    stage = LDMStage(c, vae_cfg, unet_cfg)
+    vae_params = AutoencoderKL(vae_cfg).init(jax.random.PRNGKey(1), jnp.zeros((1, 64, 256, 1)))["params"]
+    frozen = {"vae": vae_params, "scale_factor": np.float32(0.5)}
+    txs = make_optimizers(c, stage.groups)
+
+    def init_fn(key):
+        return st.create_state(stage.init(key, (8, 15_360)), txs, stage.ema_groups, 0)
+
+    abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
+    state_sh = shd.named(mesh, state_specs(abstract, txs, rules, mesh))
+    frozen_sh = shd.named(mesh, {"vae": shd.param_specs(vae_params, rules, mesh), "scale_factor": P()})
+    batch = _batch()
+    batch_sh = jax.tree.map(lambda x: NamedSharding(mesh, shd.batch_spec(rules, mesh, x.ndim)), batch)
+    state = jax.jit(init_fn, out_shardings=state_sh)(jax.random.PRNGKey(0))
+    frozen = jax.device_put(frozen, frozen_sh)
+    batch = jax.device_put(batch, batch_sh)
+    step = jax.jit(functools.partial(stage.train_step, txs=txs), in_shardings=(state_sh, frozen_sh, batch_sh),
+                   out_shardings=(state_sh, None))
+    losses = []
+    for _ in range(steps):
+        state, m = step(state, frozen, batch)
+        losses.append(float(m["loss"]))
+    return losses, jax.device_get(state.params), state
+
+
+@pytest.fixture(scope="module")
+def reference_run():
+    return _run((("data", 1), ("fsdp", 1), ("tensor", 1)), devices=jax.devices()[:1])
+
+
+@pytest.mark.parametrize("mesh", [(("data", 8), ("fsdp", 1)), (("data", 2), ("fsdp", 4)), (("data", 1), ("fsdp", 8))])
+def test_mesh_matches_one_device(reference_run, mesh):
+    ref_losses, ref_params, _ = reference_run
+    losses, params, state = _run(mesh + (("tensor", 1),))
+    np.testing.assert_allclose(losses, ref_losses, rtol=2e-5)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    if dict(mesh)["fsdp"] > 1:  # the weights really are sharded
+        sharded = [x for x in jax.tree.leaves(state.params) if not x.sharding.is_fully_replicated]
+        assert len(sharded) > len(jax.tree.leaves(state.params)) // 3
+
+
+def test_adam_state_follows_param_sharding():
+    c = _config((("data", 2), ("fsdp", 4)))
+    c.optim.optimizer = "adam"
+    mesh = shd.make_mesh(c.mesh)
+    rules = shd.rules_from_config(c.sharding_rules)
+    vae_cfg, unet_cfg, _ = architectures(c.model)
+    stage = LDMStage(c, vae_cfg, unet_cfg)
+    txs = make_optimizers(c, stage.groups)
+    abstract = jax.eval_shape(lambda k: st.create_state(stage.init(k, (8, 15_360)), txs, stage.ema_groups, 0),
+                              jax.random.PRNGKey(0))
+    specs = state_specs(abstract, txs, rules, mesh)
+    import optax
+
+    adam = [x for x in jax.tree.leaves(specs.opt_state["unet"], is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+            if isinstance(x, optax.ScaleByAdamState)][0]
+    mu, nu = adam.mu, adam.nu
+    assert jax.tree.leaves(mu, is_leaf=lambda x: isinstance(x, P)) == jax.tree.leaves(
+        specs.params["unet"], is_leaf=lambda x: isinstance(x, P))
+    assert jax.tree.structure(nu, is_leaf=lambda x: isinstance(x, P)) == jax.tree.structure(
+        specs.params["unet"], is_leaf=lambda x: isinstance(x, P))
+    assert adam.count == P()
+    assert any(s != P(*(None,) * len(s)) for s in jax.tree.leaves(mu, is_leaf=lambda x: isinstance(x, P)))
+
+
+def test_param_logical_axes_and_specs():
+    mesh = shd.make_mesh((("data", 2), ("fsdp", 4)))
+    rules = shd.rules_from_config(ldm_config.get_config("tiny").sharding_rules)
+    assert shd.param_logical_axes((3, 3, 32, 64)) == (None, None, "conv_in", "conv_out")
+    assert shd.logical_to_spec(("embed", "mlp"), (64, 128), rules, mesh) == P("fsdp", None)
+    assert shd.logical_to_spec(("embed", "mlp"), (6, 128), rules, mesh) == P(None, None)  # 6 % 4: replicated
+    assert shd.batch_spec(rules, mesh, 2) == P(("data", "fsdp"), None)
+    assert shd.batch_axes_size(rules, mesh) == 8
+
+
+def test_mesh_and_batch_errors():
+    with pytest.raises(shd.ShardingError, match="does not divide the 8 devices"):
+        shd.make_mesh((("data", 3), ("fsdp", -1)))
+    with pytest.raises(shd.ShardingError, match="needs 4 devices"):
+        shd.make_mesh((("data", 2), ("fsdp", 2)))
+    mesh = shd.make_mesh((("data", 8),))
+    rules = (("batch", "data"),)
+    with pytest.raises(shd.ShardingError, match="batch size 12 does not divide over the 8"):
+        shd.check_batch(12, rules, mesh)
+
+
+def test_nonfinite_step_is_skipped():
+    c = _config((("data", 1),))
+    vae_cfg, unet_cfg, _ = architectures(c.model)
+    stage = LDMStage(c, vae_cfg, unet_cfg)
+    vae_params = AutoencoderKL(vae_cfg).init(jax.random.PRNGKey(1), jnp.zeros((1, 64, 256, 1)))["params"]
+    txs = make_optimizers(c, stage.groups)
+    state = st.create_state(stage.init(jax.random.PRNGKey(0), (2, 15_360)), txs, stage.ema_groups, 0)
+    frozen = {"vae": vae_params, "scale_factor": np.float32(0.5)}
+    batch = _batch(2)
+    batch["audio"][0, 100] = np.nan
+    new, m = jax.jit(functools.partial(stage.train_step, txs=txs))(state, frozen, batch)
+    assert not bool(m["finite"])
+    assert int(new.step) == 1 and int(new.skipped) == 1 and int(new.consecutive_skipped) == 1
+    for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params)):
+        np.testing.assert_array_equal(a, b)
+    assert bool(st.all_finite(new.params, new.opt_state, new.ema))
