@@ -1,0 +1,1 @@
+"""Training code: discriminators and losses, per-stage train steps, the loop, checkpoints and summaries."""
