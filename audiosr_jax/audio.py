@@ -226,6 +226,25 @@ def frame_signal(x: jnp.ndarray, n_fft: int, hop: int, n_frames: int) -> jnp.nda
     return jnp.concatenate(parts, axis=-1)
 
 
+def _stft_mag_frames(wave: jnp.ndarray) -> jnp.ndarray:
+    # [..., N] float32 -> [..., N // HOP, 1025]: reflect pad, hop-aligned framing, Hann, rfft, |.|
+    n_frames = wave.shape[-1] // HOP  # ((n + 2*784) - 2048) // 480 + 1
+    pad = [(0, 0)] * (wave.ndim - 1) + [(_STFT_PAD, _STFT_PAD)]
+    padded = jnp.pad(wave, pad, mode="reflect")
+    frames = frame_signal(padded, N_FFT, HOP, n_frames) * jnp.asarray(_hann_periodic(N_FFT))
+    return jnp.abs(jnp.fft.rfft(frames, n=N_FFT, axis=-1))
+
+
+def _per_item(fn: Callable, wave: jnp.ndarray):
+    # CPU: one batch item at a time (lax.map). Batched, the [B, T, 2048] frames and [B, T, 1025] complex
+    # spectra stream through memory between the framing, the FFT and |.|; one item's (4 MiB for 5.12 s)
+    # stay in cache, which measured ~3x faster on one core. Accelerators take the batched form.
+    lead = wave.shape[:-1]
+    flat = wave.reshape(-1, wave.shape[-1])
+    out = jax.lax.map(fn, flat)
+    return jax.tree.map(lambda a: a.reshape(*lead, *a.shape[1:]), out)
+
+
 @jax.jit
 def stft_magnitude(wave: jnp.ndarray) -> jnp.ndarray:
     """|STFT| exactly as ``mel_spectrogram_train``: reflect pad 784 each side, periodic Hann 2048, hop 480,
@@ -234,11 +253,9 @@ def stft_magnitude(wave: jnp.ndarray) -> jnp.ndarray:
     Args: wave [B, N] float (N >= 785; N a multiple of 480 in practice). Returns: float32 [B, N // 480, 1025].
     """
     wave = jnp.asarray(wave, jnp.float32)
-    n = wave.shape[-1]
-    n_frames = n // HOP  # ((n + 2*784) - 2048) // 480 + 1
-    padded = jnp.pad(wave, ((0, 0), (_STFT_PAD, _STFT_PAD)), mode="reflect")
-    frames = frame_signal(padded, N_FFT, HOP, n_frames) * jnp.asarray(_hann_periodic(N_FFT))
-    return jnp.abs(jnp.fft.rfft(frames, n=N_FFT, axis=-1))
+    return jax.lax.platform_dependent(
+        wave, cpu=lambda w: _per_item(_stft_mag_frames, w), default=_stft_mag_frames
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -256,6 +273,44 @@ def mel_filterbank() -> np.ndarray:
     return fb
 
 
+_MEL_GROUP = 16  # filters per block of the banded projection (measured best of 4..64 on CPU)
+
+
+@functools.lru_cache(maxsize=None)
+def _mel_blocks() -> tuple[tuple[int, int, np.ndarray], ...]:
+    """The filterbank as dense blocks: ``(lo, hi, w [hi - lo, k])`` per run of ``_MEL_GROUP`` consecutive
+    filters, [lo, hi) the union of their nonzero bins. Every Slaney filter covers one contiguous bin range
+    (2030 nonzeros of 256 x 1025), so the blocks hold ~17k weights instead of 262k and drop only zeros."""
+    fb = mel_filterbank()
+    nz = fb != 0
+    blocks = []
+    for g0 in range(0, fb.shape[0], _MEL_GROUP):
+        rows = nz[g0 : g0 + _MEL_GROUP]
+        cols = np.flatnonzero(rows.any(axis=0))
+        lo, hi = (int(cols[0]), int(cols[-1]) + 1) if cols.size else (0, 1)
+        w = np.ascontiguousarray(fb[g0 : g0 + _MEL_GROUP, lo:hi].T)
+        w.flags.writeable = False
+        blocks.append((lo, hi, w))
+    return tuple(blocks)
+
+
+def _mel_banded(mag: jnp.ndarray) -> jnp.ndarray:
+    # [..., 1025] -> [..., 256]: one small matmul per block of filters over its bin range
+    hp = jax.lax.Precision.HIGHEST
+    parts = [jnp.dot(mag[..., lo:hi], jnp.asarray(w), precision=hp) for lo, hi, w in _mel_blocks()]
+    return jnp.concatenate(parts, axis=-1)
+
+
+def _mel_dense(mag: jnp.ndarray) -> jnp.ndarray:
+    # HIGHEST: keep the projection in true fp32 on GPU/TPU (default precision may use TF32 / bf16 passes)
+    return jnp.einsum("...f,mf->...m", mag, jnp.asarray(mel_filterbank()), precision=jax.lax.Precision.HIGHEST)
+
+
+def _log_mel_from(mag: jnp.ndarray, project: Callable) -> tuple[jnp.ndarray, jnp.ndarray]:
+    log_mel = jnp.log(jnp.maximum(project(mag), LOG_FLOOR))
+    return log_mel, mag[..., : N_FFT // 2]
+
+
 @jax.jit
 def log_mel_spectrogram(wave: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     """The reference front-end (``mel_spectrogram_train`` + ``pad_spec``) for a batch of waveforms.
@@ -266,12 +321,16 @@ def log_mel_spectrogram(wave: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
       ``(log_mel, stft)``: log_mel float32 [B, N // 480, 256] = log(clip(mel_fb @ |S|, 1e-5)), and the
       magnitude STFT float32 [B, N // 480, 1024] (the last of the 1025 bins dropped as ``pad_spec`` does).
     """
-    mag = stft_magnitude(wave)
-    fb = jnp.asarray(mel_filterbank())
-    # HIGHEST: keep the projection in true fp32 on GPU/TPU (default precision may use TF32 / bf16 passes)
-    mel = jnp.einsum("btf,mf->btm", mag, fb, precision=jax.lax.Precision.HIGHEST)
-    log_mel = jnp.log(jnp.maximum(mel, LOG_FLOOR))
-    return log_mel, mag[..., : N_FFT // 2]
+    wave = jnp.asarray(wave, jnp.float32)
+
+    def cpu(w):
+        # per item, with the banded projection (the same sums less the zero terms; within ~5e-7 relative)
+        return _per_item(lambda x: _log_mel_from(_stft_mag_frames(x), _mel_banded), w)
+
+    def default(w):
+        return _log_mel_from(_stft_mag_frames(w), _mel_dense)
+
+    return jax.lax.platform_dependent(wave, cpu=cpu, default=default)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:

@@ -242,3 +242,53 @@ def test_log_mel_batched_equals_single():
     both = np.asarray(audio.log_mel_spectrogram(wave)[0])
     one = np.asarray(audio.log_mel_spectrogram(wave[1:])[0])
     np.testing.assert_allclose(both[1], one[0], atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------- CPU fast path (perf)
+
+
+def test_banded_mel_projection_equals_dense():
+    # the blocks cover every nonzero weight exactly once and drop only zeros
+    fb = audio.mel_filterbank()
+    rebuilt = np.zeros_like(fb)
+    row = 0
+    for lo, hi, w in audio._mel_blocks():
+        rebuilt[row : row + w.shape[1], lo:hi] = w.T
+        row += w.shape[1]
+    assert row == fb.shape[0]
+    np.testing.assert_array_equal(rebuilt, fb)
+    assert sum(w.size for _, _, w in audio._mel_blocks()) < fb.size // 10
+    mag = np.abs(np.random.default_rng(0).standard_normal((3, 7, 1025))).astype(np.float32)
+    mag[0, 0] = 0.0
+    dense = np.asarray(audio._mel_dense(mag))
+    banded = np.asarray(audio._mel_banded(mag))
+    assert np.array_equal(dense == 0, banded == 0)
+    assert np.max(np.abs(banded - dense) / np.maximum(dense, 1e-30)) <= 1e-6
+
+
+def test_cpu_per_item_path_equals_batched_form():
+    # the CPU branch (lax.map over items, banded mel) against the accelerator branch run on the CPU
+    import jax
+
+    n = audio.SEGMENT_SAMPLES
+    wave = np.stack([_noise(n, 8), audio.pad_to_segments(_noise(n // 4, 9)), 1e-4 * _noise(n, 10)])
+    mag = np.asarray(audio.stft_magnitude(wave))
+    np.testing.assert_array_equal(mag, np.asarray(jax.jit(audio._stft_mag_frames)(wave)))
+    log_mel, stft = (np.asarray(v) for v in audio.log_mel_spectrogram(wave))
+    ref_mel, ref_stft = (np.asarray(v) for v in jax.jit(
+        lambda w: audio._log_mel_from(audio._stft_mag_frames(w), audio._mel_dense))(wave))
+    np.testing.assert_array_equal(stft, ref_stft)
+    # log of mels within 1e-6 relative of each other: |d log| <= 1e-6 plus one float32 ulp of the log
+    assert np.max(np.abs(log_mel - ref_mel)) <= 1e-6 + 2e-6
+
+
+def test_log_mel_gradient_is_finite_on_silence():
+    # the GAN mel loss differentiates through the front-end; silent (all-zero) frames must not give NaN
+    import jax
+    import jax.numpy as jnp
+
+    n = 48000
+    wave = np.stack([_noise(n, 11), np.zeros(n, np.float32)])
+    g = jax.grad(lambda w: jnp.sum(audio.log_mel_spectrogram(w)[0]) + jnp.sum(audio.stft_magnitude(w)))(
+        jnp.asarray(wave))
+    assert np.all(np.isfinite(np.asarray(g)))
