@@ -21,7 +21,9 @@ condition. (All-zero input never gets here: ``audio.load_audio`` rejects silent 
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 
 import numpy as np
 from scipy import signal
@@ -93,6 +95,29 @@ def _align(y: np.ndarray, length: int) -> np.ndarray:
     return np.pad(y, [(0, 0)] * (y.ndim - 1) + [(0, length - n)])
 
 
+@functools.lru_cache(maxsize=None)
+def _resample_fir(max_rate: int) -> np.ndarray:
+    # resample_poly's default anti-aliasing filter, firwin(20·max_rate + 1, 1/max_rate, ("kaiser", 5.0)),
+    # float64, read-only. After the gcd reduction it depends on the rates only through max(up, down), which
+    # for fs_down <-> sr is sr / gcd(fs_down, sr) in *both* directions: at most one filter per divisor of sr
+    # (64 for 48 kHz, ~25 MB all together), whereas designing it is most of the host path's time.
+    h = signal.firwin(2 * 10 * max_rate + 1, 1.0 / max_rate, window=("kaiser", 5.0))
+    h.flags.writeable = False
+    return h
+
+
+def _resample_poly(x: np.ndarray, up: int, down: int) -> np.ndarray:
+    """``signal.resample_poly(x, up, down, axis=-1)`` (default Kaiser window), bit-identical, with the FIR
+    taken from :func:`_resample_fir` instead of designed on every call."""
+    g = math.gcd(int(up), int(down))
+    up, down = int(up) // g, int(down) // g
+    if up == down == 1 or not np.issubdtype(x.dtype, np.inexact):
+        return signal.resample_poly(x, up, down, axis=-1)
+    # resample_poly casts the designed filter to x's dtype and copies a given one before scaling it by up
+    h = _resample_fir(max(up, down)).astype(x.dtype, copy=False)
+    return signal.resample_poly(x, up, down, axis=-1, window=h)
+
+
 def lowpass_filter(
     x: np.ndarray, cutoff_hz: float, sr: int = SAMPLE_RATE, order: int = FILTER_ORDER, ftype: str = FILTER_TYPE
 ) -> np.ndarray:
@@ -124,8 +149,8 @@ def lowpass_filter(
     y = _align(signal.sosfiltfilt(sos, x, axis=-1), n)
     # stft_hard_lowpass: the float expression int(hi * fs) is kept as is (it can round down by one Hz)
     fs_down = int(hi * sr)
-    y_band = signal.resample_poly(y, fs_down, sr, axis=-1)
-    y = _align(signal.resample_poly(y_band, sr, fs_down, axis=-1), n)
+    y_band = _resample_poly(y, fs_down, sr)
+    y = _align(_resample_poly(y_band, sr, fs_down), n)
     return _align(signal.sosfiltfilt(sos, y, axis=-1), n)
 
 

@@ -147,3 +147,39 @@ def test_reference_filter_type_follows_the_seed():
     x = audio.pad_to_segments(_band_noise(6000, seed=5, n=20000))
     y, _ = lp.prepare_lowpass(x, ftype="bessel")
     assert y.shape == x.shape and np.all(np.isfinite(y))
+
+
+# ------------------------------------------------------------------------------- cached resampling filter
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("up,down", [(4002, 48000), (48000, 4002), (3000, 48000), (48000, 31998), (7, 7), (2, 3)])
+def test_cached_resample_poly_is_bit_identical(up, down, dtype):
+    from scipy import signal as sps
+
+    from audiosr_jax import lowpass as L
+
+    x = np.random.default_rng(up + down).standard_normal((2, 4801)).astype(dtype)
+    for _ in range(2):  # design, then the cached filter
+        got = L._resample_poly(x, up, down)
+        ref = sps.resample_poly(x, up, down, axis=-1)
+        assert got.dtype == ref.dtype and got.shape == ref.shape
+        np.testing.assert_array_equal(got, ref)
+    if up != down:
+        assert not L._resample_fir(max(up, down) // np.gcd(up, down)).flags.writeable
+
+
+def test_resample_filter_is_shared_by_both_directions():
+    from audiosr_jax import lowpass as L
+
+    L._resample_fir.cache_clear()
+    x = np.random.default_rng(0).standard_normal(48000)
+    y = L.lowpass_filter(x, 8001.0)  # fs_down int(8001/24000*48000) = 16001 (rounds down), both ways
+    info = L._resample_fir.cache_info()
+    assert (info.misses, info.hits) == (1, 1) and y.shape == x.shape
+    # the whole chain against scipy's own filter design
+    sos = lp._design(8, 8001 / 24000, "ellip")
+    ref = signal.sosfiltfilt(sos, x)
+    fs_down = int(8001 / 24000 * 48000)
+    ref = signal.resample_poly(signal.resample_poly(ref, fs_down, 48000), 48000, fs_down)[: x.shape[0]]
+    np.testing.assert_array_equal(y, signal.sosfiltfilt(sos, ref))
