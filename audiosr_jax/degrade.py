@@ -327,9 +327,8 @@ def _uniform_interp(v: jnp.ndarray, table: jnp.ndarray, lo: float, hi: float) ->
     return table[i0] * (1.0 - w) + table[i0 + 1] * w
 
 
-@functools.partial(jax.jit, static_argnames=("n", "sr"))
-def chain_response_on_device(params: dict, n: int, sr: int = 48000) -> jnp.ndarray:
-    """:func:`chain_response` for a batch, on device in float32. Returns: [B, n // 2 + 1]."""
+def _chain_response_rows(params: dict, n: int, sr: int) -> jnp.ndarray:
+    # chain_response_on_device for a batch of parameter rows, all at once: [B, n // 2 + 1]
     cdf_tab = jnp.asarray(_kaiser_cdf_table()[1], jnp.float32)
     f = (jnp.arange(n // 2 + 1, dtype=jnp.float32) * (sr / n))[None, :]
     fc, t_win, fs_down = (params[k][:, None] for k in ("fc", "t_win", "fs_down"))
@@ -349,6 +348,22 @@ def chain_response_on_device(params: dict, n: int, sr: int = 48000) -> jnp.ndarr
     h2, h2_m = _sos_gain_sq(params["sos"], c1, s1), _sos_gain_sq(params["sos"], cm, sm)
     a, a_m = band(f), band(mirror)
     return jnp.sqrt(h2**2 * a**2 * (a**2 * h2**2 + a_m**2 * h2_m**2))
+
+
+@functools.partial(jax.jit, static_argnames=("n", "sr"))
+def chain_response_on_device(params: dict, n: int, sr: int = 48000) -> jnp.ndarray:
+    """:func:`chain_response` for a batch, on device in float32. Returns: [B, n // 2 + 1]."""
+
+    def per_row(p):
+        # CPU: one example at a time (lax.map): its [n // 2 + 1] temporaries stay in cache, which measured
+        # ~2x faster on one core than the batched form (same arithmetic, identical values)
+        one = lambda q: _chain_response_rows(jax.tree.map(lambda v: v[None], q), n, sr)[0]  # noqa: E731
+        return jax.lax.map(one, p)
+
+    params = {k: jnp.asarray(v, jnp.float32) for k, v in params.items()}
+    return jax.lax.platform_dependent(
+        params, cpu=per_row, default=lambda p: _chain_response_rows(p, n, sr)
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("sr",))
