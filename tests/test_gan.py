@@ -62,8 +62,8 @@ def tiny_models():
 @pytest.fixture(scope="module")
 def small_models():
     """Initialised (real values) small models for the numeric tests: a vocoder discriminator with one period,
-    two scales (so one avg-pool) and one resolution covers every code path of MPD, MSD and MRD cheaply."""
-    voc, x = VocoderDiscriminator.tiny(periods=(3,), scales=2, resolutions=(MRD_RESOLUTIONS[2],)), _wave()
+    one scale and one resolution covers MPD, MSD and MRD cheaply (the avg-pool has its own test)."""
+    voc, x = VocoderDiscriminator.tiny(periods=(3,), scales=1, resolutions=(MRD_RESOLUTIONS[2],)), _wave()
     patch, mel = PatchDiscriminator.tiny(), _mel()
     return {"vocoder": (voc, jax.jit(voc.init)(KEY, x), x), "patch": (patch, jax.jit(patch.init)(KEY, mel), mel)}
 
@@ -162,12 +162,17 @@ def test_patch_shapes_and_stateless(tiny_models):
 def test_all_params_float32_and_bf16_compute(tiny_models, small_models):
     for name, (d, params, x) in tiny_models.items():
         assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(params)), name
-    d, params, x = small_models["vocoder"]
+    d, params, x = small_models["patch"]
     lg, ft = jax.jit(d.clone(dtype=jnp.bfloat16).apply)(params, x)
-    assert lg[0].dtype == jnp.float32 and ft[0][0].dtype == jnp.bfloat16
+    assert lg.dtype == jnp.float32 and ft[0].dtype == jnp.bfloat16
     ref, _ = jax.jit(d.apply)(params, x)
-    for a, b in zip(lg, ref):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=0.05, rtol=0.1)
+    np.testing.assert_allclose(np.asarray(lg), np.asarray(ref), atol=0.05, rtol=0.1)
+    conv = WNConv(8, (5,), padding=((2, 2),))
+    xw = _wave(2, 64)[..., None]
+    p = conv.init(KEY, xw)
+    y16 = jax.jit(conv.clone(dtype=jnp.bfloat16).apply)(p, xw)
+    assert y16.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(y16, np.float32), np.asarray(conv.apply(p, xw)), atol=0.05, rtol=0.05)
 
 
 def test_weight_norm_semantics():
@@ -324,9 +329,10 @@ def test_vae_reconstruction_nll():
 
 def test_mel_l1_loss():
     w = _wave(2, 4800, seed=4)
-    assert float(L.mel_l1_loss(w, w)) == 0.0
+    f = jax.jit(jax.value_and_grad(L.mel_l1_loss))
+    assert float(f(w, w)[0]) == 0.0
     w2 = w + 0.05 * _wave(2, 4800, seed=5)
-    val, g = jax.value_and_grad(L.mel_l1_loss)(w2, w)
+    val, g = f(w2, w)
     assert float(val) > 0.0 and bool(jnp.all(jnp.isfinite(g))) and float(jnp.abs(g).max()) > 0
 
 
@@ -347,3 +353,33 @@ def test_disc_factor():
     assert float(L.disc_factor(50000, 50001)) == 0.0
     assert float(L.disc_factor(50001, 50001)) == 1.0
     assert float(jax.jit(L.disc_factor, static_argnums=1)(jnp.int32(60000), 50001)) == 1.0
+
+
+def _grouped_conv_grad_error(mesh_axes):
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from audiosr_jax import sharding as sh
+
+    rules = (("batch", ("data", "fsdp")), ("conv_in", "fsdp"), ("conv_out", "tensor"), ("channels", None))
+    conv = WNConv(16, (41,), (4,), ((20, 20),), groups=4)
+    x = jnp.asarray(np.random.default_rng(8).standard_normal((8, 64, 8)).astype(np.float32))
+    p = jax.jit(conv.init)(KEY, x)
+    grad = jax.jit(jax.grad(lambda p, x: jnp.sum(jnp.sin(conv.apply(p, x)))))
+    g0 = grad(p, x)
+    mesh = sh.make_mesh(mesh_axes)
+    ps = jax.device_put(p, sh.named(mesh, sh.param_specs(p, rules, mesh)))
+    g1 = grad(ps, jax.device_put(x, NamedSharding(mesh, P(("data", "fsdp")))))
+    return max(float(jnp.abs(a - b).max() / jnp.abs(a).max()) for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)))
+
+
+@pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 (fake) devices")
+def test_grouped_conv_grad_under_fsdp_sharding():
+    """Batch over data+fsdp, conv kernels' input dim FSDP-sharded (the default rules): exact gradients."""
+    assert _grouped_conv_grad_error((("data", 4), ("fsdp", 2), ("tensor", 1))) < 1e-5
+
+
+@pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 (fake) devices")
+@pytest.mark.xfail(reason="XLA SPMD: grouped-conv kernel gradient wrong when its out dim is tensor-sharded "
+                          "and the batch is sharded (jax 0.10.2, CPU); the MSD needs tensor = 1", strict=False)
+def test_grouped_conv_grad_under_tensor_sharding():
+    assert _grouped_conv_grad_error((("data", 4), ("fsdp", 1), ("tensor", 2))) < 1e-5

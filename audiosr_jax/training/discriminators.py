@@ -22,6 +22,13 @@ norm of the initial kernel (the effective kernel at init equals `v`), and the ke
 conv init (U(±1/sqrt(fan_in))); biases start at 0. HiFi-GAN's first MSD scale uses spectral norm, which needs
 power-iteration state: it uses weight norm here instead.
 
+Sharding: the params follow the repo's rank-based table (`audiosr_jax.sharding`): kernels
+[*spatial, in, out], gains and biases [C]. Checked on 8 fake CPU devices: with the batch on data+fsdp and
+kernels FSDP-sharded on `in`, gradients equal the unsharded ones. XLA issue (jax 0.10.2): the kernel gradient
+of a *grouped* conv (the MSD) is wrong when its `out` dim is sharded on `tensor` while the batch is sharded
+(wrong with or without weight norm; tests/test_gan.py keeps an xfail for it), so train the MSD with
+tensor = 1 (the default mesh) or keep grouped kernels' `conv_out` replicated.
+
 Param counts at the standard width (weight norm adds one gain per output channel, as torch's `weight_g`):
   * MultiPeriodDiscriminator: 41,105,770 (HiFi-GAN V1 MPD: 41.1 M).
   * MultiScaleDiscriminator: 29,622,918 = 29,610,627 conv weights and biases (HiFi-GAN MSD: 29.6 M) plus
