@@ -277,7 +277,8 @@ def test_lsgan_matches_numpy():
 
 
 def test_lsgan_perfect_logits_zero():
-    total, per = L.lsgan_discriminator_loss([jnp.ones((2, 5)), jnp.ones((2, 7))], [jnp.zeros((2, 5)), jnp.zeros((2, 7))])
+    real, fake = [jnp.ones((2, 5)), jnp.ones((2, 7))], [jnp.zeros((2, 5)), jnp.zeros((2, 7))]
+    total, per = L.lsgan_discriminator_loss(real, fake)
     assert float(total) == 0.0 and all(float(p) == 0.0 for p in per)
     assert float(L.lsgan_generator_loss([jnp.ones((2, 5))])) == 0.0
 
