@@ -209,3 +209,14 @@ def test_chain_response_on_device_matches_host():
         np.asarray(D.lowpass_on_device(x, host)),
         atol=2e-3 * np.abs(x).max(),
     )
+
+
+def test_cpu_per_example_gain_equals_batched_form():
+    # on CPU chain_response_on_device maps over examples; the batched form is what accelerators run
+    cfg = D.DegradeConfig(min_order=2, cheby2_min_order=2)
+    params = D.response_params([D.draw_spec(cfg, 3, 0, i) for i in range(6)])
+    n = 2**14
+    got = np.asarray(D.chain_response_on_device(params, n))
+    ref = np.asarray(jax.jit(lambda p: D._chain_response_rows(p, n, 48000))(params))
+    assert got.shape == ref.shape == (6, n // 2 + 1)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
