@@ -94,9 +94,11 @@ def update_ema(state: TrainState, decay: float) -> TrainState:
     return state.replace(ema=ema)
 
 
+@jax.jit
 def all_finite(*trees) -> jax.Array:
-    """True iff every leaf of every tree is finite (bool [])."""
-    leaves = [jnp.all(jnp.isfinite(x)) for t in trees for x in jax.tree.leaves(t)]
+    """True iff every leaf of every tree is finite (bool []); one XLA program, whatever the tree."""
+    leaves = [jnp.all(jnp.isfinite(x)) for t in trees for x in jax.tree.leaves(t)
+              if jnp.issubdtype(x.dtype, jnp.inexact)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
