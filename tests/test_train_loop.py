@@ -2,7 +2,6 @@
 uninterrupted run (in-process, and after kill -9 at random points), SIGTERM saves and exits, and bad
 config/state is refused or recovered with a clear message."""
 
-import json
 import os
 import random
 import shutil

@@ -36,7 +36,6 @@ VAE) and long enough for the PatchGAN (≥ 32 mel frames with 3 layers).
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import jax
