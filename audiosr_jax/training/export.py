@@ -1,0 +1,280 @@
+"""Training → inference: assemble the three trained networks into one inference checkpoint directory.
+
+    python -m audiosr_jax.training.export --vae WORKDIR --ldm WORKDIR --vocoder WORKDIR --out DIR
+                                          [--no-ema] [--overwrite]
+
+Each source is either a training workdir (``python -m audiosr_jax.train_cli``; its latest checkpoint is
+read) or a converted AudioSR directory (``python -m audiosr_jax.convert``: has ``architecture.json``):
+
+* ``--vae``: the "vae" group of a VAE-stage workdir (the exact AutoencoderKL tree);
+* ``--ldm``: the "unet" group of an LDM-stage workdir, its EMA by default (``--no-ema``: the raw weights),
+  and the latent scale factor the run measured (``ldm.scale_factor`` of its saved config);
+* ``--vocoder``: the "generator" group of a vocoder-stage workdir (the exact HiFiGAN tree).
+
+The architectures come from each source's saved config (``model.<family>``) or ``architecture.json`` and
+must fit together: the UNet was trained on the latents of one VAE architecture, and that must be the
+exported VAE's. The result is what ``sample.py --checkpoint DIR`` loads (``checkpoint.load_weights``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import os
+import sys
+from typing import Any
+
+import jax
+import numpy as np
+
+from audiosr_jax.checkpoint import AudioSRWeights, abstract_params, save_weights
+from audiosr_jax.errors import CheckpointError
+
+__all__ = ["export_weights", "main"]
+
+log = logging.getLogger(__name__)
+
+# family -> (training stage that trains it, its parameter group there, command-line flag)
+_FAMILIES = {"vae": ("vae", "vae", "--vae"), "unet": ("ldm", "unet", "--ldm"),
+             "vocoder": ("vocoder", "generator", "--vocoder")}
+
+
+@dataclasses.dataclass
+class _Source:
+    """One network read from a workdir or a converted directory."""
+
+    path: str
+    family: str
+    params: dict
+    config: Any  # the family's architecture dataclass
+    train_config: dict | None  # the saved training config (workdirs only)
+    converted: Any = None  # AudioSRWeights of a converted directory (converted directories only)
+    step: int | None = None
+
+    def describe(self) -> str:
+        if self.converted is not None:
+            return f"{self.path} (converted)"
+        return f"{self.path} (step {self.step})" if self.step is not None else self.path
+
+
+def _config_class(family: str):
+    from audiosr_jax.models.unet import UNetConfig
+    from audiosr_jax.models.vae import VAEConfig
+    from audiosr_jax.models.vocoder import VocoderConfig
+
+    return {"vae": VAEConfig, "unet": UNetConfig, "vocoder": VocoderConfig}[family]
+
+
+def _parse_architecture(path: str, family: str, d: Any):
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{path}: its config has no model.{family} architecture")
+    try:
+        return _config_class(family).from_dict(d)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: invalid {family} architecture in its config: {e}") from None
+
+
+def _latest_step(workdir: str) -> int | None:
+    directory = os.path.join(workdir, "checkpoints")
+    steps = [int(n) for n in os.listdir(directory) if n.isdigit()] if os.path.isdir(directory) else []
+    return max(steps) if steps else None
+
+
+def _read_source(path: str, family: str, use_ema: bool, converted_cache: dict) -> _Source:
+    """The ``family`` network of ``path`` (a workdir or a converted directory); one-line CheckpointError
+    for a missing path, a workdir without checkpoints, or a workdir of another stage."""
+    stage, group, flag = _FAMILIES[family]
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such directory (given as {flag})")
+    if os.path.isfile(os.path.join(path, "architecture.json")):
+        from audiosr_jax.checkpoint import load_weights
+
+        key = os.path.realpath(path)
+        if key not in converted_cache:  # --vae and --vocoder may name the same converted directory
+            converted_cache[key] = load_weights(path)
+        w = converted_cache[key]
+        return _Source(path, family, w.params[family], getattr(w, family), None, converted=w)
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{path}: not a training workdir or converted directory (given as {flag}; "
+                              "convert a PyTorch checkpoint first: python -m audiosr_jax.convert IN OUT)")
+    from audiosr_jax.training.stages import read_trained_params
+
+    try:
+        params, cfg = read_trained_params(path, group, prefer_ema=use_ema)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e} (given as {flag}, which needs a {stage}-stage workdir)") from None
+    except Exception as e:  # orbax raises many types for corrupt/partial files
+        msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: cannot read its latest checkpoint (corrupt?): {msg}") from None
+    saved_stage = cfg.get("stage")
+    if saved_stage != stage:
+        raise CheckpointError(f"{path}: is a {saved_stage}-stage workdir; {flag} needs a {stage}-stage workdir")
+    arch = _parse_architecture(path, family, (cfg.get("model") or {}).get(family))
+    return _Source(path, family, params, arch, cfg, step=_latest_step(path))
+
+
+def _first_difference(a: dict, b: dict) -> tuple[str, Any, Any] | None:
+    for k in sorted(set(a) | set(b)):
+        if a.get(k) != b.get(k):
+            return k, a.get(k), b.get(k)
+    return None
+
+
+def _ldm_vae_architecture(ldm: _Source):
+    """The VAE architecture the UNet was trained with (the LDM run's model.vae, or the converted
+    directory's own VAE)."""
+    if ldm.converted is not None:
+        return ldm.converted.vae
+    return _parse_architecture(ldm.path, "vae", (ldm.train_config.get("model") or {}).get("vae"))
+
+
+def _scale_factor(ldm: _Source) -> float:
+    if ldm.converted is not None:
+        sf = ldm.converted.scale_factor
+    else:
+        sf = (ldm.train_config.get("ldm") or {}).get("scale_factor")
+    try:
+        sf = float(sf)
+    except (TypeError, ValueError):
+        sf = float("nan")
+    if not math.isfinite(sf) or sf <= 0:
+        raise CheckpointError(f"{ldm.path}: no usable latent scale factor (ldm.scale_factor={sf!r}); "
+                              "the LDM run must have measured one (it does at its first step)")
+    return sf
+
+
+def _same_path(a: str, b: str) -> bool:
+    return os.path.realpath(os.path.abspath(a)) == os.path.realpath(os.path.abspath(b))
+
+
+def _trees_equal(a: dict, b: dict) -> bool:
+    la, lb = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
+    return len(la) == len(lb) and all(pa == pb and np.shape(x) == np.shape(y) and np.array_equal(x, y)
+                                      for (pa, x), (pb, y) in zip(la, lb))
+
+
+def _check_vae_provenance(vae: _Source, ldm: _Source) -> None:
+    """Warn when the exported VAE is not the one the UNet's latents came from."""
+    if ldm.converted is not None:
+        if not _trees_equal(ldm.converted.params["vae"], vae.params):
+            log.warning("the UNet of %s was trained on that directory's VAE, but the VAE exported is %s "
+                        "(different weights): the latents may not match", ldm.path, vae.path)
+        return
+    vae_from = (ldm.train_config.get("ldm") or {}).get("vae_from") or ""
+    if not vae_from:
+        log.warning("%s: its config does not say which VAE it was trained on (ldm.vae_from is empty)", ldm.path)
+    elif not _same_path(vae_from, vae.path):
+        log.warning("%s was trained on the VAE from %s, but the VAE exported is %s: the latents may not match",
+                    ldm.path, vae_from, vae.path)
+
+
+def _check_shapes(src: _Source, target: dict) -> None:
+    """The params tree must be exactly the architecture's (same keys, same shapes)."""
+    want = {jax.tree_util.keystr(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(target)}
+    got = {jax.tree_util.keystr(p): tuple(np.shape(x)) for p, x in jax.tree_util.tree_leaves_with_path(src.params)}
+    for k in sorted(set(want) | set(got)):
+        if k not in got:
+            raise CheckpointError(f"{src.path}: its {src.family} parameters lack {k} (not the saved architecture)")
+        if k not in want:
+            raise CheckpointError(f"{src.path}: its {src.family} parameters have an unexpected {k}")
+        if want[k] != got[k]:
+            raise CheckpointError(f"{src.path}: its {src.family} parameter {k} has shape {got[k]}, "
+                                  f"the architecture needs {want[k]}")
+
+
+def _as_float32(tree):
+    return jax.tree.map(lambda x: np.asarray(x, np.float32), tree)
+
+
+def export_weights(vae: str, ldm: str, vocoder: str, out: str, *, use_ema: bool = True,
+                   overwrite: bool = False) -> AudioSRWeights:
+    """Assemble (VAE, UNet, vocoder) from training workdirs / converted directories and write them to ``out``
+    (an inference checkpoint directory, written atomically by ``checkpoint.save_weights``).
+
+    vae / ldm / vocoder: a VAE-, LDM-, vocoder-stage workdir or a converted AudioSR directory.
+    use_ema: take the UNet's EMA weights (when the LDM run kept them). Returns the weights written.
+    Raises CheckpointError (one line) for a missing or unreadable source, a workdir of the wrong stage,
+    architectures that do not fit together, a missing scale factor, or an existing ``out`` without
+    ``overwrite``. Warns (logging) when the VAE is not the one the LDM was trained on.
+    """
+    out_abs = os.path.abspath(out)
+    for flag, src in (("--vae", vae), ("--ldm", ldm), ("--vocoder", vocoder)):
+        s = os.path.realpath(os.path.abspath(src))
+        o = os.path.realpath(out_abs)
+        if s == o or s.startswith(o + os.sep):  # replacing `out` would delete the source
+            raise CheckpointError(f"{out}: the output overlaps the {flag} source {src}; choose another --out")
+    if os.path.exists(out_abs) and not overwrite:
+        raise CheckpointError(f"{out}: already exists (pass --overwrite / overwrite=True to replace it)")
+
+    cache: dict = {}
+    v = _read_source(vae, "vae", use_ema, cache)
+    u = _read_source(ldm, "unet", use_ema, cache)
+    g = _read_source(vocoder, "vocoder", use_ema, cache)
+
+    trained_on = _ldm_vae_architecture(u)
+    diff = _first_difference(trained_on.to_dict(), v.config.to_dict())
+    if diff:
+        k, a, b = diff
+        raise CheckpointError(f"{ldm} was trained on a VAE with {k}={a!r}, but the VAE of {vae} has {k}={b!r}")
+    if u.config.out_channels != v.config.embed_dim or u.config.in_channels != 2 * v.config.embed_dim:
+        raise CheckpointError(f"{ldm}: UNet channels in={u.config.in_channels}/out={u.config.out_channels} do not "
+                              f"fit the {v.config.embed_dim}-channel latents of {vae}")
+    from audiosr_jax import audio
+
+    hop = int(np.prod(g.config.upsample_rates))
+    if g.config.num_mels != audio.N_MELS or hop != audio.HOP:
+        raise CheckpointError(f"{vocoder}: the vocoder takes {g.config.num_mels} mel bins at hop {hop}; "
+                              f"inference needs {audio.N_MELS} at hop {audio.HOP}")
+    _check_vae_provenance(v, u)
+    scale = _scale_factor(u)
+
+    target = abstract_params(v.config, u.config, g.config)
+    for src in (v, u, g):
+        _check_shapes(src, target[src.family])
+    params = {"vae": _as_float32(v.params), "unet": _as_float32(u.params), "vocoder": _as_float32(g.params)}
+    if u.converted is not None and "cond_vae" in u.converted.params:
+        # the conditioning encoder belongs to the UNet: it saw its latents during training
+        params["cond_vae"] = _as_float32(u.converted.params["cond_vae"])
+    ema_note = ""
+    if u.converted is None:
+        ema_note = " EMA" if use_ema else " raw (no EMA)"
+    source = (f"audiosr_jax.training.export: vae={v.describe()}, unet={u.describe()}{ema_note}, "
+              f"vocoder={g.describe()}")
+    weights = AudioSRWeights(v.config, u.config, g.config, params, scale, source)
+    save_weights(weights, out_abs, overwrite=overwrite)
+    return weights
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m audiosr_jax.training.export",
+        description="Assemble trained VAE, LDM and vocoder weights (training workdirs or converted AudioSR "
+                    "directories) into one inference checkpoint directory for sample.py --checkpoint.")
+    parser.add_argument("--vae", required=True, help="VAE-stage workdir or converted directory")
+    parser.add_argument("--ldm", required=True, help="LDM-stage workdir or converted directory (UNet + scale)")
+    parser.add_argument("--vocoder", required=True, help="vocoder-stage workdir or converted directory")
+    parser.add_argument("--out", required=True, help="inference checkpoint directory to create")
+    parser.add_argument("--no-ema", action="store_true", help="export the UNet's raw weights, not its EMA")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's notes on read-only checkpoint managers
+    from audiosr_jax.errors import UserError
+
+    try:
+        w = export_weights(args.vae, args.ldm, args.vocoder, args.out, use_ema=not args.no_ema,
+                           overwrite=args.overwrite)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    counts = {k: sum(int(np.size(x)) for x in jax.tree.leaves(p)) for k, p in w.params.items()}
+    print(f"wrote {args.out}: scale_factor={w.scale_factor:.6g}, "
+          + ", ".join(f"{k} {n:,} params" for k, n in counts.items()))
+    print(f"source: {w.source}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
