@@ -11,7 +11,7 @@ import pytest
 
 from audiosr_jax.checkpoint import load_weights
 from audiosr_jax.errors import CheckpointError
-from audiosr_jax.pipeline import SamplingOptions, super_resolve_waveform
+from audiosr_jax.pipeline import SamplingOptions, draw_noise, generate, item_keys, latent_shape, num_sampler_steps
 from audiosr_jax.training import state as st
 from audiosr_jax.training.checkpoints import Checkpointer
 from audiosr_jax.training.export import export_weights, main
@@ -19,15 +19,23 @@ from audiosr_jax.training.export import export_weights, main
 SCALE = 0.5
 
 
+def _host_all_finite(*trees):
+    return all(np.all(np.isfinite(np.asarray(x))) for t in trees for x in jax.tree.leaves(t))
+
+
 def _write_workdir(path, stage, params, config, ema_groups=(), ema=None, step=3):
-    """A workdir as the training loop leaves it: one finished checkpoint (state + config)."""
+    """A workdir as the training loop leaves it: one finished checkpoint (state + config), written by the
+    training Checkpointer. Its jitted finiteness check takes ~10 s to compile for a UNet state: checked on
+    the host instead."""
     txs = {g: optax.adam(1e-4) for g in params}
     state = st.create_state(params, txs, ema_groups)
     if ema is not None:
         state = state.replace(ema=ema)
-    ckpt = Checkpointer(str(path), config, save_every=1, keep=2, async_save=False)
-    assert ckpt.save(step, state, None, force=True)
-    ckpt.close()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(st, "all_finite", _host_all_finite)
+        ckpt = Checkpointer(str(path), config, save_every=1, keep=2, async_save=False)
+        assert ckpt.save(step, state, None, force=True)
+        ckpt.close()
     return str(path)
 
 
@@ -90,13 +98,12 @@ def test_export_workdirs_ema_and_runs(workdirs, tiny, tmp_path, caplog):
     _assert_tree_equal(loaded.params["vocoder"], _perturb(workdirs["p"]["vocoder"], 1e-3))
     assert "EMA" in loaded.source and "step 3" in loaded.source
 
-    # a short input through the whole inference pipeline
-    rng = np.random.default_rng(0)
-    n = 48000
-    wave = (0.3 * np.sin(2 * np.pi * 440 * np.arange(n) / 48000) + 0.01 * rng.standard_normal(n))[None]
-    wave = np.pad(wave, ((0, 0), (0, 245760 - n))).astype(np.float32)
-    y, info = super_resolve_waveform(loaded, wave, {"samples": n}, SamplingOptions(steps=2))
-    assert y.shape == (1, n) and np.all(np.isfinite(y))
+    # a short condition through sampling, VAE decoding and the vocoder
+    opts, frames = SamplingOptions(steps=2), 32
+    noise = draw_noise(item_keys(0, [0], [0]), latent_shape(frames, loaded), num_sampler_steps(opts))
+    mel = np.random.default_rng(0).normal(-5.0, 1.0, (1, frames, 256)).astype(np.float32)
+    out = generate(loaded, jax.numpy.asarray(mel), noise, opts)
+    assert out["waveform"].shape == (1, 480 * frames + 16) and np.all(np.isfinite(np.asarray(out["waveform"])))
 
 
 def test_no_ema_and_cli(workdirs, tmp_path, capsys):
@@ -108,13 +115,11 @@ def test_no_ema_and_cli(workdirs, tmp_path, capsys):
     loaded = load_weights(out)
     _assert_tree_equal(loaded.params["unet"], workdirs["unet_raw"])
     assert "raw" in loaded.source
-    # exists: refused without --overwrite, replaced with it
+    # exists: refused without --overwrite (replacing it: test_mixed_with_converted_dir)
     args = ["--vae", workdirs["vae"], "--ldm", workdirs["ldm"], "--vocoder", workdirs["vocoder"], "--out", str(out)]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "already exists" in err and err.count("\n") == 1
-    assert main(args + ["--overwrite"]) == 0
-    _assert_tree_equal(load_weights(out).params["unet"], workdirs["unet_ema"])
 
 
 def test_mixed_with_converted_dir(workdirs, tiny_checkpoint_dir, tiny, tmp_path, caplog):
@@ -128,11 +133,12 @@ def test_mixed_with_converted_dir(workdirs, tiny_checkpoint_dir, tiny, tmp_path,
     _assert_tree_equal(loaded.params["vae"], tiny.params["vae"])
     assert w.scale_factor == SCALE
 
-    # all three from the converted directory: the same weights and scale factor
-    out2 = tmp_path / "converted"
-    w2 = export_weights(tiny_checkpoint_dir, tiny_checkpoint_dir, tiny_checkpoint_dir, str(out2))
-    assert w2.scale_factor == tiny.scale_factor
-    _assert_tree_equal(load_weights(out2).params, tiny.params)
+    # all three from the converted directory, replacing that output: the same weights and scale factor
+    d = tiny_checkpoint_dir
+    assert main(["--vae", d, "--ldm", d, "--vocoder", d, "--out", str(out), "--overwrite"]) == 0
+    again = load_weights(out)
+    assert again.scale_factor == tiny.scale_factor and "converted" in again.source
+    _assert_tree_equal(again.params, tiny.params)
 
 
 def _one_line_error(fn, *match):
@@ -166,27 +172,34 @@ def test_errors(workdirs, tmp_path, tiny):
     assert not os.path.exists(out)
 
     model = workdirs["model"]
+    dummy = {"unet": {"w": np.zeros((2,), np.float32)}}  # refused from the config, before the weights are read
     # LDM trained on another VAE architecture
     other_vae = dict(model["vae"], ch=model["vae"]["ch"] * 2)
-    ldm_other = _write_workdir(tmp_path / "ldm_other", "ldm", {"unet": workdirs["p"]["unet"]},
+    ldm_other = _write_workdir(tmp_path / "ldm_other", "ldm", dummy,
                                {"stage": "ldm", "model": dict(model, vae=other_vae),
                                 "ldm": {"scale_factor": SCALE, "vae_from": v}}, ema_groups=("unet",))
     msg = _one_line_error(lambda: export_weights(v, ldm_other, g, out), ldm_other, v, "ch=")
     assert f"ch={other_vae['ch']}" in msg
     # scale factor never measured
-    ldm_zero = _write_workdir(tmp_path / "ldm_zero", "ldm", {"unet": workdirs["p"]["unet"]},
+    ldm_zero = _write_workdir(tmp_path / "ldm_zero", "ldm", dummy,
                               {"stage": "ldm", "model": model, "ldm": {"scale_factor": 0.0, "vae_from": v}},
                               ema_groups=("unet",))
     _one_line_error(lambda: export_weights(v, ldm_zero, g, out), ldm_zero, "scale factor")
-    ldm_none = _write_workdir(tmp_path / "ldm_none", "ldm", {"unet": workdirs["p"]["unet"]},
+    ldm_none = _write_workdir(tmp_path / "ldm_none", "ldm", dummy,
                               {"stage": "ldm", "model": model}, ema_groups=("unet",))
     _one_line_error(lambda: export_weights(v, ldm_none, g, out), ldm_none, "scale factor")
-    # params that do not match the saved architecture
-    bad_unet = dict(model["unet"], model_channels=model["unet"]["model_channels"] * 2)
-    ldm_bad = _write_workdir(tmp_path / "ldm_bad", "ldm", {"unet": workdirs["p"]["unet"]},
-                             {"stage": "ldm", "model": dict(model, unet=bad_unet),
-                              "ldm": {"scale_factor": SCALE, "vae_from": v}}, ema_groups=("unet",))
-    _one_line_error(lambda: export_weights(v, ldm_bad, g, out), ldm_bad, "shape")
+    # weights that are not the saved architecture's
+    ldm_bad = _write_workdir(tmp_path / "ldm_bad", "ldm", dummy,
+                             {"stage": "ldm", "model": model, "ldm": {"scale_factor": SCALE, "vae_from": v}},
+                             ema_groups=("unet",))
+    _one_line_error(lambda: export_weights(v, ldm_bad, g, out), ldm_bad, "unet parameters")
+    unet = workdirs["p"]["unet"]
+    conv = next(k for k in unet if "kernel" in unet[k])
+    reshaped = dict(unet, **{conv: dict(unet[conv], kernel=np.zeros((1,) + unet[conv]["kernel"].shape[1:],
+                                                                     np.float32))})
+    ldm_shape = _write_workdir(tmp_path / "ldm_shape", "ldm", {"unet": reshaped},
+                               {"stage": "ldm", "model": model, "ldm": {"scale_factor": SCALE, "vae_from": v}})
+    _one_line_error(lambda: export_weights(v, ldm_shape, g, out), ldm_shape, "has shape")
     assert not os.path.exists(out)
 
 

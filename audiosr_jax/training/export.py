@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -43,20 +44,26 @@ _FAMILIES = {"vae": ("vae", "vae", "--vae"), "unet": ("ldm", "unet", "--ldm"),
 
 @dataclasses.dataclass
 class _Source:
-    """One network read from a workdir or a converted directory."""
+    """One network of a workdir or a converted directory. Opened from its config alone (cheap, so every
+    consistency check runs before any weights are read); ``params`` filled in by ``_load_params``."""
 
     path: str
     family: str
-    params: dict
     config: Any  # the family's architecture dataclass
-    train_config: dict | None  # the saved training config (workdirs only)
-    converted: Any = None  # AudioSRWeights of a converted directory (converted directories only)
+    train_config: dict | None = None  # the saved training config (workdirs)
+    architecture: dict | None = None  # architecture.json (converted directories)
     step: int | None = None
+    params: dict | None = None
+    converted: Any = None  # AudioSRWeights of a converted directory, once loaded
+
+    @property
+    def is_converted(self) -> bool:
+        return self.architecture is not None
 
     def describe(self) -> str:
-        if self.converted is not None:
+        if self.is_converted:
             return f"{self.path} (converted)"
-        return f"{self.path} (step {self.step})" if self.step is not None else self.path
+        return f"{self.path} (step {self.step})"
 
 
 def _config_class(family: str):
@@ -76,43 +83,76 @@ def _parse_architecture(path: str, family: str, d: Any):
         raise CheckpointError(f"{path}: invalid {family} architecture in its config: {e}") from None
 
 
-def _latest_step(workdir: str) -> int | None:
-    directory = os.path.join(workdir, "checkpoints")
-    steps = [int(n) for n in os.listdir(directory) if n.isdigit()] if os.path.isdir(directory) else []
-    return max(steps) if steps else None
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
-def _read_source(path: str, family: str, use_ema: bool, converted_cache: dict) -> _Source:
-    """The ``family`` network of ``path`` (a workdir or a converted directory); one-line CheckpointError
-    for a missing path, a workdir without checkpoints, or a workdir of another stage."""
-    stage, group, flag = _FAMILIES[family]
+def _open_source(path: str, family: str) -> _Source:
+    """The architecture (and saved config) of ``path``'s ``family`` network, without its weights; one-line
+    CheckpointError for a missing path, a workdir without checkpoints, or a workdir of another stage."""
+    stage, _, flag = _FAMILIES[family]
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: no such directory (given as {flag})")
-    if os.path.isfile(os.path.join(path, "architecture.json")):
-        from audiosr_jax.checkpoint import load_weights
-
-        key = os.path.realpath(path)
-        if key not in converted_cache:  # --vae and --vocoder may name the same converted directory
-            converted_cache[key] = load_weights(path)
-        w = converted_cache[key]
-        return _Source(path, family, w.params[family], getattr(w, family), None, converted=w)
+    arch_path = os.path.join(path, "architecture.json")
+    if os.path.isfile(arch_path):
+        try:
+            with open(arch_path) as f:
+                arch = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{arch_path}: unreadable architecture file: {_first_line(e)}") from None
+        if not isinstance(arch, dict):
+            raise CheckpointError(f"{arch_path}: not an architecture file")
+        return _Source(path, family, _parse_architecture(path, family, arch.get(family)), architecture=arch)
     if not os.path.isdir(path):
         raise CheckpointError(f"{path}: not a training workdir or converted directory (given as {flag}; "
                               "convert a PyTorch checkpoint first: python -m audiosr_jax.convert IN OUT)")
-    from audiosr_jax.training.stages import read_trained_params
+    directory = os.path.join(os.path.abspath(path), "checkpoints")
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"{path}: neither a training workdir (no checkpoints/ folder) nor a converted "
+                              f"directory (no architecture.json) (given as {flag})")
+    import orbax.checkpoint as ocp
 
     try:
-        params, cfg = read_trained_params(path, group, prefer_ema=use_ema)
-    except CheckpointError as e:
-        raise CheckpointError(f"{e} (given as {flag}, which needs a {stage}-stage workdir)") from None
+        mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
+        step = mngr.latest_step()
+        if step is None:
+            raise CheckpointError(f"{path}: has no finished checkpoint in checkpoints/ (given as {flag})")
+        cfg = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    except CheckpointError:
+        raise
     except Exception as e:  # orbax raises many types for corrupt/partial files
-        msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: cannot read its latest checkpoint (corrupt?): {msg}") from None
+        raise CheckpointError(f"{path}: cannot read its latest checkpoint's config (corrupt?): {_first_line(e)}") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path}: its latest checkpoint has no training config")
     saved_stage = cfg.get("stage")
     if saved_stage != stage:
         raise CheckpointError(f"{path}: is a {saved_stage}-stage workdir; {flag} needs a {stage}-stage workdir")
     arch = _parse_architecture(path, family, (cfg.get("model") or {}).get(family))
-    return _Source(path, family, params, arch, cfg, step=_latest_step(path))
+    return _Source(path, family, arch, train_config=cfg, step=int(step))
+
+
+def _load_params(src: _Source, use_ema: bool, converted_cache: dict) -> None:
+    """Fill ``src.params`` (host numpy): the converted directory's family, or the workdir's group from its
+    latest checkpoint (EMA if ``use_ema`` and the run kept one)."""
+    _, group, flag = _FAMILIES[src.family]
+    if src.is_converted:
+        from audiosr_jax.checkpoint import load_weights
+
+        key = os.path.realpath(src.path)
+        if key not in converted_cache:  # --vae and --vocoder may name the same converted directory
+            converted_cache[key] = load_weights(src.path)
+        src.converted = converted_cache[key]
+        src.params = src.converted.params[src.family]
+        return
+    from audiosr_jax.training.stages import read_trained_params
+
+    try:
+        src.params, _ = read_trained_params(src.path, group, prefer_ema=use_ema)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e} (given as {flag})") from None
+    except Exception as e:  # orbax raises many types for corrupt/partial files
+        raise CheckpointError(f"{src.path}: cannot read its latest checkpoint (corrupt?): {_first_line(e)}") from None
 
 
 def _first_difference(a: dict, b: dict) -> tuple[str, Any, Any] | None:
@@ -125,14 +165,14 @@ def _first_difference(a: dict, b: dict) -> tuple[str, Any, Any] | None:
 def _ldm_vae_architecture(ldm: _Source):
     """The VAE architecture the UNet was trained with (the LDM run's model.vae, or the converted
     directory's own VAE)."""
-    if ldm.converted is not None:
-        return ldm.converted.vae
+    if ldm.is_converted:
+        return _parse_architecture(ldm.path, "vae", ldm.architecture.get("vae"))
     return _parse_architecture(ldm.path, "vae", (ldm.train_config.get("model") or {}).get("vae"))
 
 
 def _scale_factor(ldm: _Source) -> float:
-    if ldm.converted is not None:
-        sf = ldm.converted.scale_factor
+    if ldm.is_converted:
+        sf = ldm.architecture.get("scale_factor")
     else:
         sf = (ldm.train_config.get("ldm") or {}).get("scale_factor")
     try:
@@ -157,7 +197,7 @@ def _trees_equal(a: dict, b: dict) -> bool:
 
 def _check_vae_provenance(vae: _Source, ldm: _Source) -> None:
     """Warn when the exported VAE is not the one the UNet's latents came from."""
-    if ldm.converted is not None:
+    if ldm.is_converted:
         if not _trees_equal(ldm.converted.params["vae"], vae.params):
             log.warning("the UNet of %s was trained on that directory's VAE, but the VAE exported is %s "
                         "(different weights): the latents may not match", ldm.path, vae.path)
@@ -208,10 +248,8 @@ def export_weights(vae: str, ldm: str, vocoder: str, out: str, *, use_ema: bool 
     if os.path.exists(out_abs) and not overwrite:
         raise CheckpointError(f"{out}: already exists (pass --overwrite / overwrite=True to replace it)")
 
-    cache: dict = {}
-    v = _read_source(vae, "vae", use_ema, cache)
-    u = _read_source(ldm, "unet", use_ema, cache)
-    g = _read_source(vocoder, "vocoder", use_ema, cache)
+    # 1. configs only: every refusal that needs no weights comes before reading gigabytes of them
+    v, u, g = _open_source(vae, "vae"), _open_source(ldm, "unet"), _open_source(vocoder, "vocoder")
 
     trained_on = _ldm_vae_architecture(u)
     diff = _first_difference(trained_on.to_dict(), v.config.to_dict())
@@ -227,18 +265,21 @@ def export_weights(vae: str, ldm: str, vocoder: str, out: str, *, use_ema: bool 
     if g.config.num_mels != audio.N_MELS or hop != audio.HOP:
         raise CheckpointError(f"{vocoder}: the vocoder takes {g.config.num_mels} mel bins at hop {hop}; "
                               f"inference needs {audio.N_MELS} at hop {audio.HOP}")
-    _check_vae_provenance(v, u)
     scale = _scale_factor(u)
 
+    # 2. the weights, checked against the architectures
+    cache: dict = {}
     target = abstract_params(v.config, u.config, g.config)
     for src in (v, u, g):
+        _load_params(src, use_ema, cache)
         _check_shapes(src, target[src.family])
+    _check_vae_provenance(v, u)
     params = {"vae": _as_float32(v.params), "unet": _as_float32(u.params), "vocoder": _as_float32(g.params)}
     if u.converted is not None and "cond_vae" in u.converted.params:
         # the conditioning encoder belongs to the UNet: it saw its latents during training
         params["cond_vae"] = _as_float32(u.converted.params["cond_vae"])
     ema_note = ""
-    if u.converted is None:
+    if not u.is_converted:
         ema_note = " EMA" if use_ema else " raw (no EMA)"
     source = (f"audiosr_jax.training.export: vae={v.describe()}, unet={u.describe()}{ema_note}, "
               f"vocoder={g.describe()}")
