@@ -14,7 +14,7 @@ from audiosr_jax.errors import CheckpointError
 from audiosr_jax.pipeline import SamplingOptions, draw_noise, generate, item_keys, latent_shape, num_sampler_steps
 from audiosr_jax.training import state as st
 from audiosr_jax.training.checkpoints import Checkpointer
-from audiosr_jax.training.export import export_weights, main
+from audiosr_jax.training.export import _open_source, _scale_factor, export_weights, main
 
 SCALE = 0.5
 
@@ -23,7 +23,7 @@ def _host_all_finite(*trees):
     return all(np.all(np.isfinite(np.asarray(x))) for t in trees for x in jax.tree.leaves(t))
 
 
-def _write_workdir(path, stage, params, config, ema_groups=(), ema=None, step=3):
+def _write_workdir(path, params, config, ema_groups=(), ema=None, step=3):
     """A workdir as the training loop leaves it: one finished checkpoint (state + config), written by the
     training Checkpointer. Its jitted finiteness check takes ~10 s to compile for a UNet state: checked on
     the host instead."""
@@ -56,16 +56,16 @@ def workdirs(tmp_path_factory, tiny):
     root = tmp_path_factory.mktemp("runs")
     model = {"vae": tiny.vae.to_dict(), "unet": tiny.unet.to_dict(), "vocoder": tiny.vocoder.to_dict()}
     p = jax.tree.map(np.asarray, tiny.params)
-    vae = _write_workdir(root / "vae", "vae",
+    vae = _write_workdir(root / "vae",
                          {"vae": p["vae"], "loss": {"logvar": np.zeros((), np.float32)},
                           "discriminator": {"w": np.ones((3, 3), np.float32)}},
                          {"stage": "vae", "model": model, "ldm": {"scale_factor": 0.0, "vae_from": ""}})
-    voc = _write_workdir(root / "vocoder", "vocoder",
+    voc = _write_workdir(root / "vocoder",
                          {"generator": _perturb(p["vocoder"], 1e-3), "discriminator": {"w": np.ones((2,), np.float32)}},
                          {"stage": "vocoder", "model": model, "ldm": {"scale_factor": 0.0, "vae_from": ""}})
     unet_raw = _perturb(p["unet"], 1e-2)
     unet_ema = _perturb(p["unet"], 1e-3)
-    ldm = _write_workdir(root / "ldm", "ldm", {"unet": unet_raw},
+    ldm = _write_workdir(root / "ldm", {"unet": unet_raw},
                          {"stage": "ldm", "model": model, "ldm": {"scale_factor": SCALE, "vae_from": vae}},
                          ema_groups=("unet",), ema={"unet": unet_ema})
     return {"root": root, "vae": vae, "vocoder": voc, "ldm": ldm, "model": model, "p": p,
@@ -151,7 +151,8 @@ def _one_line_error(fn, *match):
     return msg
 
 
-def test_errors(workdirs, tmp_path, tiny):
+def test_errors(workdirs, tmp_path, tiny, tiny_checkpoint_dir):
+    conv_dir = tiny_checkpoint_dir
     v, l, g = workdirs["vae"], workdirs["ldm"], workdirs["vocoder"]
     out = str(tmp_path / "o")
     missing = str(tmp_path / "nope")
@@ -175,21 +176,25 @@ def test_errors(workdirs, tmp_path, tiny):
     dummy = {"unet": {"w": np.zeros((2,), np.float32)}}  # refused from the config, before the weights are read
     # LDM trained on another VAE architecture
     other_vae = dict(model["vae"], ch=model["vae"]["ch"] * 2)
-    ldm_other = _write_workdir(tmp_path / "ldm_other", "ldm", dummy,
+    ldm_other = _write_workdir(tmp_path / "ldm_other", dummy,
                                {"stage": "ldm", "model": dict(model, vae=other_vae),
                                 "ldm": {"scale_factor": SCALE, "vae_from": v}}, ema_groups=("unet",))
     msg = _one_line_error(lambda: export_weights(v, ldm_other, g, out), ldm_other, v, "ch=")
     assert f"ch={other_vae['ch']}" in msg
     # scale factor never measured
-    ldm_zero = _write_workdir(tmp_path / "ldm_zero", "ldm", dummy,
+    ldm_zero = _write_workdir(tmp_path / "ldm_zero", dummy,
                               {"stage": "ldm", "model": model, "ldm": {"scale_factor": 0.0, "vae_from": v}},
                               ema_groups=("unet",))
     _one_line_error(lambda: export_weights(v, ldm_zero, g, out), ldm_zero, "scale factor")
-    ldm_none = _write_workdir(tmp_path / "ldm_none", "ldm", dummy,
+    # ... unless the run took it from a converted ldm.vae_from (stages.build_stage keeps 0 in the config then)
+    ldm_conv = _write_workdir(tmp_path / "ldm_conv", dummy,
+                              {"stage": "ldm", "model": model, "ldm": {"scale_factor": 0.0, "vae_from": conv_dir}})
+    assert _scale_factor(_open_source(ldm_conv, "unet")) == pytest.approx(tiny.scale_factor)
+    ldm_none = _write_workdir(tmp_path / "ldm_none", dummy,
                               {"stage": "ldm", "model": model}, ema_groups=("unet",))
     _one_line_error(lambda: export_weights(v, ldm_none, g, out), ldm_none, "scale factor")
     # weights that are not the saved architecture's
-    ldm_bad = _write_workdir(tmp_path / "ldm_bad", "ldm", dummy,
+    ldm_bad = _write_workdir(tmp_path / "ldm_bad", dummy,
                              {"stage": "ldm", "model": model, "ldm": {"scale_factor": SCALE, "vae_from": v}},
                              ema_groups=("unet",))
     _one_line_error(lambda: export_weights(v, ldm_bad, g, out), ldm_bad, "unet parameters")
@@ -197,7 +202,7 @@ def test_errors(workdirs, tmp_path, tiny):
     conv = next(k for k in unet if "kernel" in unet[k])
     reshaped = dict(unet, **{conv: dict(unet[conv], kernel=np.zeros((1,) + unet[conv]["kernel"].shape[1:],
                                                                      np.float32))})
-    ldm_shape = _write_workdir(tmp_path / "ldm_shape", "ldm", {"unet": reshaped},
+    ldm_shape = _write_workdir(tmp_path / "ldm_shape", {"unet": reshaped},
                                {"stage": "ldm", "model": model, "ldm": {"scale_factor": SCALE, "vae_from": v}})
     _one_line_error(lambda: export_weights(v, ldm_shape, g, out), ldm_shape, "has shape")
     assert not os.path.exists(out)

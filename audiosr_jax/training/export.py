@@ -127,7 +127,7 @@ def _open_source(path: str, family: str) -> _Source:
         raise CheckpointError(f"{path}: its latest checkpoint has no training config")
     saved_stage = cfg.get("stage")
     if saved_stage != stage:
-        raise CheckpointError(f"{path}: is a {saved_stage}-stage workdir; {flag} needs a {stage}-stage workdir")
+        raise CheckpointError(f"{path}: is a workdir of stage {saved_stage}; {flag} needs one of stage {stage}")
     arch = _parse_architecture(path, family, (cfg.get("model") or {}).get(family))
     return _Source(path, family, arch, train_config=cfg, step=int(step))
 
@@ -170,19 +170,45 @@ def _ldm_vae_architecture(ldm: _Source):
     return _parse_architecture(ldm.path, "vae", (ldm.train_config.get("model") or {}).get("vae"))
 
 
-def _scale_factor(ldm: _Source) -> float:
-    if ldm.is_converted:
-        sf = ldm.architecture.get("scale_factor")
-    else:
-        sf = (ldm.train_config.get("ldm") or {}).get("scale_factor")
+def _as_scale(value) -> float:
     try:
-        sf = float(sf)
+        sf = float(value)
     except (TypeError, ValueError):
-        sf = float("nan")
-    if not math.isfinite(sf) or sf <= 0:
-        raise CheckpointError(f"{ldm.path}: no usable latent scale factor (ldm.scale_factor={sf!r}); "
-                              "the LDM run must have measured one (it does at its first step)")
-    return sf
+        return float("nan")
+    return sf if math.isfinite(sf) and sf > 0 else float("nan")
+
+
+def _scale_factor(ldm: _Source) -> float:
+    """The latent scale the UNet was trained with. An LDM run saves it as ``ldm.scale_factor`` when it
+    measured it or was given it; a run whose ``ldm.vae_from`` was a converted directory (or a workdir with a
+    saved scale) used that one instead and kept 0 in its config (``stages.build_stage``): read it there."""
+    if ldm.is_converted:
+        sf = _as_scale(ldm.architecture.get("scale_factor"))
+        if math.isnan(sf):
+            raise CheckpointError(f"{ldm.path}: architecture.json has no usable scale_factor "
+                                  f"({ldm.architecture.get('scale_factor')!r})")
+        return sf
+    lcfg = ldm.train_config.get("ldm") or {}
+    sf = _as_scale(lcfg.get("scale_factor"))
+    if not math.isnan(sf):
+        return sf
+    vae_from = lcfg.get("vae_from") or ""
+    if vae_from and os.path.exists(vae_from):
+        try:
+            if os.path.isfile(os.path.join(vae_from, "architecture.json")):
+                with open(os.path.join(vae_from, "architecture.json")) as f:
+                    sf = _as_scale(json.load(f).get("scale_factor"))
+            else:
+                vsrc = _open_source(vae_from, "vae")
+                sf = _as_scale((vsrc.train_config.get("ldm") or {}).get("scale_factor"))
+        except (OSError, ValueError, AttributeError, CheckpointError):
+            sf = float("nan")
+        if not math.isnan(sf):
+            log.info("%s: latent scale factor %.6g from its ldm.vae_from %s", ldm.path, sf, vae_from)
+            return sf
+    raise CheckpointError(f"{ldm.path}: no usable latent scale factor (ldm.scale_factor="
+                          f"{lcfg.get('scale_factor')!r}, none in ldm.vae_from={vae_from!r}); the LDM run "
+                          "measures one at its first step")
 
 
 def _same_path(a: str, b: str) -> bool:
