@@ -8,7 +8,8 @@ read) or a converted AudioSR directory (``python -m audiosr_jax.convert``: has `
 
 * ``--vae``: the "vae" group of a VAE-stage workdir (the exact AutoencoderKL tree);
 * ``--ldm``: the "unet" group of an LDM-stage workdir, its EMA by default (``--no-ema``: the raw weights),
-  and the latent scale factor the run measured (``ldm.scale_factor`` of its saved config);
+  and the latent scale factor it was trained with (``ldm.scale_factor`` of its saved config, or that of its
+  ``ldm.vae_from`` when the run took the scale from there);
 * ``--vocoder``: the "generator" group of a vocoder-stage workdir (the exact HiFiGAN tree).
 
 The architectures come from each source's saved config (``model.<family>``) or ``architecture.json`` and
