@@ -165,6 +165,10 @@ def train(config: Any, workdir: str, *, train_iter: Any = None, eval_batches: An
         config_dict["ldm"]["scale_factor"] = sf
         ckpt.config["ldm"]["scale_factor"] = sf
         frozen["scale_factor"] = jax.device_put(np.float32(sf), frozen_sh["scale_factor"])
+    elif config.stage == "ldm":
+        # the scale actually used (e.g. taken from a converted vae_from) goes into the saved config, so the
+        # workdir is self-contained for export and resume
+        ckpt.config["ldm"]["scale_factor"] = float(frozen_host["scale_factor"])
 
     step_fn = jax.jit(functools.partial(stage.train_step, txs=txs), in_shardings=(state_sh, frozen_sh, batch_sh),
                       out_shardings=(state_sh, None), donate_argnums=(0,))
