@@ -24,9 +24,6 @@ def get_config(preset: str = "full") -> ml_collections.ConfigDict:
 
 def architectures(cfg: ml_collections.ConfigDict):
     """(VAEConfig, UNetConfig, VocoderConfig) from a config made by get_config (possibly overridden)."""
-    from audiosr_jax.models.unet import UNetConfig
-    from audiosr_jax.models.vae import VAEConfig
-    from audiosr_jax.models.vocoder import VocoderConfig
+    from audiosr_jax.training.stages import architectures as _architectures
 
-    return (VAEConfig.from_dict(cfg.vae.to_dict()), UNetConfig.from_dict(cfg.unet.to_dict()),
-            VocoderConfig.from_dict(cfg.vocoder.to_dict()))
+    return _architectures(cfg)

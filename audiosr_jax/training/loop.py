@@ -48,20 +48,13 @@ def state_specs(abstract: st.TrainState, txs: dict, rules, mesh) -> st.TrainStat
     )
 
 
-def make_optimizers(config: Any, groups) -> dict:
-    """{group: optax transformation}: ``config.optim[group]`` if the config has per-group settings,
-    else ``config.optim``."""
+def make_optimizers(config: Any, groups, with_schedules: bool = False):
+    """{group: optax transformation} (and {group: lr schedule} if ``with_schedules``):
+    ``config.optim[group]`` if the config has per-group settings, else ``config.optim``."""
     total = int(config.train.total_steps)
-    out = {}
-    for g in groups:
-        cfg = config.optim[g] if g in config.optim else config.optim
-        out[g] = make_optimizer(cfg, total)[0]
-    return out
-
-
-def schedules(config: Any, groups) -> dict:
-    total = int(config.train.total_steps)
-    return {g: make_optimizer(config.optim[g] if g in config.optim else config.optim, total)[1] for g in groups}
+    built = {g: make_optimizer(config.optim[g] if g in config.optim else config.optim, total) for g in groups}
+    txs = {g: tx for g, (tx, _) in built.items()}
+    return (txs, {g: lr for g, (_, lr) in built.items()}) if with_schedules else txs
 
 
 class _StopFlag:
@@ -114,8 +107,7 @@ def train(config: Any, workdir: str, *, train_iter: Any = None, eval_batches: An
         raise shd.ShardingError(f"train.batch_size {tc.batch_size} / grad_accum {accum} does not divide over the "
                                 f"{shd.batch_axes_size(rules, mesh)} data-parallel shards")
     stage, frozen_host = build_stage(config)
-    txs = make_optimizers(config, stage.groups)
-    lrs = schedules(config, stage.groups)
+    txs, lrs = make_optimizers(config, stage.groups, with_schedules=True)
     if train_iter is None:
         train_iter = train_data.make_train_iterator(config, mesh, rules)
     if eval_batches is None:
