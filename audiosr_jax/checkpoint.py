@@ -2,7 +2,9 @@
 
 Layout of DIR:
   architecture.json   {"format": "audiosr-jax/1", "vae": {...}, "unet": {...}, "vocoder": {...},
-                       "scale_factor": float, "has_cond_vae": bool, "source": str}
+                       "scale_factor": float, "has_cond_vae": bool, "source": str,
+                       "diffusion": {"schedule", "schedule_kwargs", "num_timesteps", "parameterization"}}
+                      ("diffusion": the UNet's training schedule/parameterisation; absent = the release's)
   params/             orbax StandardCheckpointer tree {"vae", "unet", "vocoder"[, "cond_vae"]}
 
 `sample.py --checkpoint DIR` needs nothing else. Saving writes to a sibling temporary directory and renames
@@ -23,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from audiosr_jax.diffusion.config import DiffusionConfig
 from audiosr_jax.errors import CheckpointError
 from audiosr_jax.models.unet import UNetConfig, UNetModel
 from audiosr_jax.models.vae import AutoencoderKL, VAEConfig
@@ -36,7 +39,8 @@ FORMAT = "audiosr-jax/1"
 @dataclasses.dataclass
 class AudioSRWeights:
     """Everything inference needs. params: {"vae", "unet", "vocoder"} (+ "cond_vae": encoder and quant_conv
-    of a conditioning VAE that differs from the first-stage one). scale_factor: the latent scale."""
+    of a conditioning VAE that differs from the first-stage one). scale_factor: the latent scale.
+    diffusion: the schedule and parameterisation the UNet was trained with (default: the released model's)."""
 
     vae: VAEConfig
     unet: UNetConfig
@@ -44,11 +48,13 @@ class AudioSRWeights:
     params: dict[str, Any]
     scale_factor: float
     source: str = ""
+    diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)
 
     def architecture(self) -> dict:
         return {"format": FORMAT, "vae": self.vae.to_dict(), "unet": self.unet.to_dict(),
                 "vocoder": self.vocoder.to_dict(), "scale_factor": float(self.scale_factor),
-                "has_cond_vae": "cond_vae" in self.params, "source": self.source}
+                "has_cond_vae": "cond_vae" in self.params, "source": self.source,
+                "diffusion": self.diffusion.to_dict()}
 
 
 @functools.lru_cache(maxsize=16)
@@ -119,6 +125,7 @@ def load_weights(directory: str | os.PathLike, sharding: jax.sharding.Sharding |
     try:
         vae, unet, voc = (VAEConfig.from_dict(arch["vae"]), UNetConfig.from_dict(arch["unet"]),
                           VocoderConfig.from_dict(arch["vocoder"]))
+        diffusion = DiffusionConfig.from_dict(arch.get("diffusion"))
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{arch_path}: invalid architecture: {e}") from None
     target = dict(abstract_params(vae, unet, voc))
@@ -131,7 +138,7 @@ def load_weights(directory: str | os.PathLike, sharding: jax.sharding.Sharding |
     except Exception as e:  # orbax raises many types for missing/corrupt/mismatched files
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{directory}: cannot restore the weights (corrupt or incomplete?): {msg[:300]}") from None
-    return AudioSRWeights(vae, unet, voc, params, float(arch["scale_factor"]), arch.get("source", ""))
+    return AudioSRWeights(vae, unet, voc, params, float(arch["scale_factor"]), arch.get("source", ""), diffusion)
 
 
 def _check_finite(params, where: str) -> None:

@@ -2,7 +2,7 @@
 
     waveform (48 kHz, normalised, padded) ──low-pass prep (host, scipy)──▶ low-passed waveform
       ──log-mel (JAX)──▶ condition mel ──VAE encode + posterior sample──▶ c
-      ──DDIM with CFG over UNet([x_t, c·scale])──▶ z ──VAE decode(z/scale)──▶ mel
+      ──sampler (DDIM by default) with CFG over UNet([x_t, c·scale])──▶ z ──VAE decode(z/scale)──▶ mel
       ──low-band mel copy──▶ HiFi-GAN ──low-band STFT copy, output normalisation──▶ 48 kHz waveform
 
 `generate` is one jitted XLA program from the condition mel to the vocoder waveform (the sampler is a
@@ -23,9 +23,8 @@ import numpy as np
 
 from audiosr_jax import audio, lowpass, postprocess
 from audiosr_jax.checkpoint import AudioSRWeights
-from audiosr_jax.diffusion.dpm_solver import dpmpp_2m_sample, unipc_sample
-from audiosr_jax.diffusion.samplers import classifier_free_guidance, ddim_sample, ddim_tables
-from audiosr_jax.diffusion.schedules import cosine_alphas_cumprod
+from audiosr_jax.diffusion import sampling
+from audiosr_jax.diffusion.samplers import classifier_free_guidance
 from audiosr_jax.errors import AudioError
 from audiosr_jax.models.unet import UNetModel
 from audiosr_jax.models.vae import AutoencoderKL, posterior_sample
@@ -39,8 +38,11 @@ UNCONDITIONAL_LATENT = -11.4981
 
 
 class SamplingOptions(NamedTuple):
-    """How to sample. sampler: "ddim" (the reference's, stochastic with eta), "dpmpp_2m" (DPM-Solver++(2M))
-    or "unipc" (UniPC), the last two deterministic on a log-SNR grid from t=998; dtype: compute dtype of the networks ("float32" or "bfloat16"; params stay float32)."""
+    """How to sample. sampler: "ddim" (the reference's, stochastic with eta), "dpmpp_2m" (DPM-Solver++(2M)),
+    "unipc" (UniPC), "euler" or "heun" (probability-flow ODE; Heun makes 2·steps − 1 network calls), the last
+    four deterministic on a log-SNR grid from the largest t with ᾱ > 0 (998 for AudioSR); dtype: compute
+    dtype of the networks ("float32" or "bfloat16"; params stay float32). The schedule and parameterisation
+    come from the weights (`AudioSRWeights.diffusion`)."""
 
     steps: int = 50
     guidance: float = 3.5
@@ -49,7 +51,7 @@ class SamplingOptions(NamedTuple):
     dtype: str = "float32"
 
 
-SAMPLERS = ("ddim", "dpmpp_2m", "unipc")
+SAMPLERS = sampling.SAMPLERS
 
 
 class Noise(NamedTuple):
@@ -85,14 +87,16 @@ def draw_noise(keys: jax.Array, latent: tuple[int, int, int], num_steps: int) ->
     return Noise(cond_eps, x_T, jnp.swapaxes(steps, 0, 1))
 
 
-def num_sampler_steps(options: SamplingOptions) -> int:
-    """Length of the noise.steps axis the sampler consumes."""
-    return len(ddim_tables(cosine_alphas_cumprod(), options.steps, options.eta).timesteps)
+def num_sampler_steps(options: SamplingOptions, weights: AudioSRWeights | None = None) -> int:
+    """Length of the noise.steps axis the sampler takes (`sampling.num_noise_steps`) for the schedule of
+    `weights` (default: the released model's 1000 steps; DDIM's length depends on it)."""
+    num_timesteps = 1000 if weights is None else weights.diffusion.num_timesteps
+    return sampling.num_noise_steps(options.sampler, options.steps, num_timesteps)
 
 
 def _generate_body(params, scale_factor, lowpass_mel, noise: Noise, configs, options: SamplingOptions):
     dtype = jnp.dtype(options.dtype)
-    vae_cfg, unet_cfg, voc_cfg = configs
+    vae_cfg, unet_cfg, voc_cfg, diffusion = configs
     vae, unet, vocoder = AutoencoderKL(vae_cfg, dtype=dtype), UNetModel(unet_cfg, dtype=dtype), HiFiGAN(voc_cfg, dtype=dtype)
     cond_params = params.get("cond_vae", params["vae"])
     mean, logvar = vae.apply({"params": cond_params}, lowpass_mel[..., None], method=AutoencoderKL.encode)
@@ -103,16 +107,9 @@ def _generate_body(params, scale_factor, lowpass_mel, noise: Noise, configs, opt
         v = unet.apply({"params": params["unet"]}, jnp.concatenate([x, c * scale_factor], axis=-1), t)
         return v.astype(jnp.float32)
 
-    alphas_cumprod = cosine_alphas_cumprod()
-    denoise = classifier_free_guidance(model, cond, uncond, options.guidance)
-    if options.sampler == "ddim":
-        latent = ddim_sample(denoise, noise.x_T, noise.steps, ddim_tables(alphas_cumprod, options.steps, options.eta))
-    elif options.sampler == "dpmpp_2m":
-        latent = dpmpp_2m_sample(denoise, noise.x_T, alphas_cumprod, options.steps)
-    elif options.sampler == "unipc":
-        latent = unipc_sample(denoise, noise.x_T, alphas_cumprod, options.steps)
-    else:
-        raise ValueError(f"unknown sampler {options.sampler!r}; choose from {SAMPLERS}")
+    denoise = classifier_free_guidance(model, cond, uncond, options.guidance)  # in the model's parameterisation
+    latent = sampling.sample(options.sampler, denoise, noise.x_T, diffusion.alphas_cumprod(), options.steps,
+                             parameterization=diffusion.parameterization, eta=options.eta, noise=noise.steps)
     mel = vae.apply({"params": params["vae"]}, latent / scale_factor, method=AutoencoderKL.decode)[..., 0]
     mel_replaced = postprocess.replace_low_mel(mel, lowpass_mel)
     waveform = vocoder.apply({"params": params["vocoder"]}, mel_replaced)
@@ -133,7 +130,7 @@ def _super_resolve_windows(params, scale_factor, lowpassed, noise: Noise, *, con
 
 
 def _configs(weights: AudioSRWeights):
-    return (weights.vae, weights.unet, weights.vocoder)
+    return (weights.vae, weights.unet, weights.vocoder, weights.diffusion)
 
 
 def generate(weights: AudioSRWeights, lowpass_mel: jax.Array, noise: Noise,
@@ -182,7 +179,7 @@ def super_resolve_waveform(weights: AudioSRWeights, wave: np.ndarray, info: dict
     if noise is None:
         channels = range(wave.shape[0])
         noise = draw_noise(item_keys(seed, channels, [0] * wave.shape[0]),
-                           latent_shape(wave.shape[1] // audio.HOP, weights), num_sampler_steps(options))
+                           latent_shape(wave.shape[1] // audio.HOP, weights), num_sampler_steps(options, weights))
     waveform = super_resolve_windows(weights, jnp.asarray(lowpassed), noise, options)
     waveform = np.asarray(postprocess.normalize_output(waveform))
     if not np.all(np.isfinite(waveform)):

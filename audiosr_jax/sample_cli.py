@@ -28,8 +28,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=50, help="sampler steps (default 50, as the official CLI)")
     p.add_argument("--guidance", type=float, default=3.5, help="classifier-free guidance scale (default 3.5)")
     p.add_argument("--eta", type=float, default=1.0, help="DDIM eta; 1.0 = stochastic, as the reference")
-    p.add_argument("--sampler", default="ddim", choices=["ddim", "dpmpp_2m", "unipc"],
-                   help="ddim (default, the reference's); dpmpp_2m (best ≤ 15 steps) or unipc (≥ 20 steps)")
+    p.add_argument("--sampler", default="ddim", choices=["ddim", "dpmpp_2m", "unipc", "euler", "heun"],
+                   help="ddim (default, the reference's); dpmpp_2m (best ≤ 15 steps), unipc (≥ 20 steps), "
+                        "euler (= DDIM eta 0) or heun (2nd order, 2·steps−1 network calls)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="network compute dtype")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--batch-size", type=int, default=1, help="windows per device per batch (default 1)")

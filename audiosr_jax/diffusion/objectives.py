@@ -17,19 +17,13 @@ import jax.numpy as jnp
 
 from audiosr_jax.diffusion import parameterization as pz
 
-PARAMETERIZATIONS = ("eps", "v", "x0")
+PARAMETERIZATIONS = pz.PARAMETERIZATIONS
 WEIGHTINGS = ("uniform", "min_snr", "snr_plus_one")
 
 
 def training_target(parameterization: str, x0, eps, sqrt_a, sqrt_1ma):
-    """What the network should output for (x₀, ε) at ᾱ (same shape as x₀)."""
-    if parameterization == "eps":
-        return eps
-    if parameterization == "v":
-        return pz.v_target(x0, eps, sqrt_a, sqrt_1ma)
-    if parameterization == "x0":
-        return x0
-    raise ValueError(f"unknown parameterization {parameterization!r}; choose from {PARAMETERIZATIONS}")
+    """What the network should output for (x₀, ε) at ᾱ (same shape as x₀): `parameterization.from_x0_eps`."""
+    return pz.from_x0_eps(parameterization, x0, eps, sqrt_a, sqrt_1ma)
 
 
 def loss_weight(weighting: str, parameterization: str, alpha_bar, gamma: float = 5.0):
@@ -50,14 +44,8 @@ def loss_weight(weighting: str, parameterization: str, alpha_bar, gamma: float =
 
 
 def prediction_to_x0_eps(parameterization: str, x_t, pred, sqrt_a, sqrt_1ma):
-    """(x̂₀, ε̂) from the network output (used by samplers and metrics)."""
-    if parameterization == "v":
-        return pz.v_to_x0(x_t, pred, sqrt_a, sqrt_1ma), pz.v_to_eps(x_t, pred, sqrt_a, sqrt_1ma)
-    if parameterization == "eps":
-        return pz.eps_to_x0(x_t, pred, sqrt_a, sqrt_1ma), pred
-    if parameterization == "x0":
-        return pred, pz.x0_to_eps(x_t, pred, sqrt_a, sqrt_1ma)
-    raise ValueError(f"unknown parameterization {parameterization!r}; choose from {PARAMETERIZATIONS}")
+    """(x̂₀, ε̂) from the network output: `parameterization.to_x0_eps`."""
+    return pz.to_x0_eps(parameterization, x_t, pred, sqrt_a, sqrt_1ma)
 
 
 def diffusion_loss(pred, x0, eps, alpha_bar, parameterization: str = "v", weighting: str = "uniform",

@@ -8,8 +8,9 @@ read) or a converted AudioSR directory (``python -m audiosr_jax.convert``: has `
 
 * ``--vae``: the "vae" group of a VAE-stage workdir (the exact AutoencoderKL tree);
 * ``--ldm``: the "unet" group of an LDM-stage workdir, its EMA by default (``--no-ema``: the raw weights),
-  and the latent scale factor it was trained with (``ldm.scale_factor`` of its saved config, or that of its
-  ``ldm.vae_from`` when the run took the scale from there);
+  the latent scale factor it was trained with (``ldm.scale_factor`` of its saved config, or that of its
+  ``ldm.vae_from`` when the run took the scale from there), and its diffusion settings (``ldm.schedule``,
+  ``schedule_kwargs``, ``num_timesteps``, ``parameterization``; a converted directory's own);
 * ``--vocoder``: the "generator" group of a vocoder-stage workdir (the exact HiFiGAN tree).
 
 The architectures come from each source's saved config (``model.<family>``) or ``architecture.json`` and
@@ -32,6 +33,7 @@ import jax
 import numpy as np
 
 from audiosr_jax.checkpoint import AudioSRWeights, abstract_params, save_weights
+from audiosr_jax.diffusion.config import DiffusionConfig
 from audiosr_jax.errors import CheckpointError
 
 __all__ = ["export_weights", "main"]
@@ -212,6 +214,17 @@ def _scale_factor(ldm: _Source) -> float:
                           "measures one at its first step")
 
 
+def _diffusion(ldm: _Source) -> DiffusionConfig:
+    """The schedule and parameterisation the UNet was trained with: the LDM run's ``ldm`` settings (keys it
+    lacks: the released model's), or a converted directory's ``diffusion`` entry."""
+    try:
+        if ldm.is_converted:
+            return DiffusionConfig.from_dict(ldm.architecture.get("diffusion"))
+        return DiffusionConfig.from_ldm_config(ldm.train_config.get("ldm"))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{ldm.path}: invalid diffusion settings in its config: {_first_line(e)}") from None
+
+
 def _same_path(a: str, b: str) -> bool:
     return os.path.realpath(os.path.abspath(a)) == os.path.realpath(os.path.abspath(b))
 
@@ -293,6 +306,7 @@ def export_weights(vae: str, ldm: str, vocoder: str, out: str, *, use_ema: bool 
         raise CheckpointError(f"{vocoder}: the vocoder takes {g.config.num_mels} mel bins at hop {hop}; "
                               f"inference needs {audio.N_MELS} at hop {audio.HOP}")
     scale = _scale_factor(u)
+    diffusion = _diffusion(u)
 
     # 2. the weights, checked against the architectures
     cache: dict = {}
@@ -310,7 +324,7 @@ def export_weights(vae: str, ldm: str, vocoder: str, out: str, *, use_ema: bool 
         ema_note = " EMA" if use_ema else " raw (no EMA)"
     source = (f"audiosr_jax.training.export: vae={v.describe()}, unet={u.describe()}{ema_note}, "
               f"vocoder={g.describe()}")
-    weights = AudioSRWeights(v.config, u.config, g.config, params, scale, source)
+    weights = AudioSRWeights(v.config, u.config, g.config, params, scale, source, diffusion)
     save_weights(weights, out_abs, overwrite=overwrite)
     return weights
 
@@ -340,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     counts = {k: sum(int(np.size(x)) for x in jax.tree.leaves(p)) for k, p in w.params.items()}
     print(f"wrote {args.out}: scale_factor={w.scale_factor:.6g}, "
           + ", ".join(f"{k} {n:,} params" for k, n in counts.items()))
+    d = w.diffusion
+    print(f"diffusion: {d.schedule} {d.kwargs or ''} T={d.num_timesteps}, {d.parameterization}-prediction")
     print(f"source: {w.source}")
     return 0
 

@@ -1,0 +1,125 @@
+"""One entry point for every sampler × parameterisation × schedule.
+
+The samplers (`samplers.ddim_sample`, `dpm_solver.{dpmpp_2m,unipc}_sample`, `ode.{euler,heun}_sample`) take a
+v-denoiser. `v_denoiser` turns a denoiser that returns the model's own prediction (ε, v or x₀) into one: it
+looks √ᾱ_t up in the schedule table by t and converts with `parameterization.to_v`. The conversion is affine
+in the prediction, so classifier-free guidance on the model's output and on v agree.
+
+Where a combination is undefined, `sample` raises ValueError before anything runs: an ε-model evaluated at a
+timestep with ᾱ = 0 (x₀ = (x_t − σ·ε)/√ᾱ). On zero-terminal-SNR schedules (cosine, *_zero_snr, sigmoid)
+every default grid avoids that point: DPM-Solver++/UniPC/Euler/Heun start at the largest t with ᾱ > 0 and DDIM
+at (S−1)·⌊T/S⌋ + 1 < T − 1, so ε-models sample fine there; only DDIM with S = T steps would visit ᾱ_{T−1} = 0.
+(The model's own ε at ᾱ ≈ 0 is still a poor x₀ estimate, amplified by 1/√ᾱ; that is the ε-parameterisation's
+known weakness at zero terminal SNR, Lin et al. 2023, not a sampler matter.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from audiosr_jax.diffusion import parameterization as pz
+from audiosr_jax.diffusion.dpm_solver import multistep_sample, multistep_tables, sampler_timesteps
+from audiosr_jax.diffusion.ode import ode_sample, ode_tables
+from audiosr_jax.diffusion.samplers import ddim_sample, ddim_tables, ddim_timesteps
+
+__all__ = ["SAMPLERS", "network_timesteps", "num_noise_steps", "num_network_calls", "v_denoiser",
+           "check_timesteps", "sample"]
+
+Denoiser = Callable[[jax.Array, jax.Array], jax.Array]
+
+# ddim: the reference's (stochastic with η); the others deterministic on the log-SNR grid of dpm_solver
+SAMPLERS = ("ddim", "dpmpp_2m", "unipc", "euler", "heun")
+
+
+def _check_sampler(sampler: str) -> None:
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose from {SAMPLERS}")
+
+
+def network_timesteps(sampler: str, alphas_cumprod: np.ndarray, num_steps: int) -> np.ndarray:
+    """The distinct training timesteps the network is evaluated at, descending (int64)."""
+    _check_sampler(sampler)
+    if sampler == "ddim":
+        return ddim_timesteps(num_steps, len(alphas_cumprod))[::-1]
+    return sampler_timesteps(num_steps, alphas_cumprod)
+
+
+def num_noise_steps(sampler: str, num_steps: int, num_timesteps: int = 1000) -> int:
+    """Length of the per-step noise axis `sample` takes: one draw per DDIM step (len(ddim_timesteps), which
+    exceeds num_steps when it does not divide num_timesteps); the deterministic samplers ignore noise and
+    are given num_steps (so the value also counts steps)."""
+    _check_sampler(sampler)
+    if sampler == "ddim":
+        return len(ddim_timesteps(num_steps, num_timesteps))
+    return int(num_steps)
+
+
+def num_network_calls(sampler: str, num_steps: int, num_timesteps: int = 1000) -> int:
+    """Denoiser calls of one run (before guidance doubling): Heun 2·S − 1, DDIM its grid length, others S."""
+    n = num_noise_steps(sampler, num_steps, num_timesteps)
+    return 2 * n - 1 if sampler == "heun" else n
+
+
+def check_timesteps(parameterization: str, alphas_cumprod: np.ndarray, timesteps) -> None:
+    """ValueError where `parameterization` cannot be turned into x₀ at one of `timesteps` (ε at ᾱ = 0)."""
+    pz.check_parameterization(parameterization)
+    ts = np.asarray(timesteps, np.int64)
+    if parameterization == "eps":
+        bad = ts[np.asarray(alphas_cumprod, np.float64)[ts] <= 0]
+        if len(bad):
+            raise ValueError(f"an eps-prediction model cannot be evaluated at t={int(bad[0])}, where "
+                             "alpha_cumprod = 0 (zero terminal SNR): x0 = (x_t - sigma*eps)/sqrt(alpha_cumprod) "
+                             "is undefined; use fewer DDIM steps or another sampler")
+
+
+def v_denoiser(denoise: Denoiser, parameterization: str, alphas_cumprod: np.ndarray) -> Denoiser:
+    """A v-denoiser from `denoise(x_t, t) -> the model's own prediction`; `denoise` itself for "v".
+
+    The √ᾱ_t / √(1−ᾱ_t) look-up is a float32 table computed in float64 (as the samplers' own tables).
+    """
+    pz.check_parameterization(parameterization)
+    if parameterization == "v":
+        return denoise
+    ac = np.asarray(alphas_cumprod, np.float64)
+    sqrt_a_tab, sqrt_1ma_tab = np.sqrt(ac).astype(np.float32), np.sqrt(1.0 - ac).astype(np.float32)
+
+    def to_v(x, t):
+        pred = denoise(x, t)
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        sqrt_a = jnp.asarray(sqrt_a_tab)[t].reshape(shape)
+        sqrt_1ma = jnp.asarray(sqrt_1ma_tab)[t].reshape(shape)
+        xf, pf = x.astype(jnp.float32), pred.astype(jnp.float32)
+        return pz.to_v(parameterization, xf, pf, sqrt_a, sqrt_1ma).astype(pred.dtype)
+
+    return to_v
+
+
+def sample(sampler: str, denoise: Denoiser, x_T: jax.Array, alphas_cumprod: np.ndarray, num_steps: int, *,
+           parameterization: str = "v", eta: float = 1.0, noise: jax.Array | None = None) -> jax.Array:
+    """Sample x₀ ([B, ...], x_T's dtype) from x_T with any sampler, for a model of any parameterisation.
+
+    denoise: `(x_t [B, ...], t [B] int32) -> prediction` in the model's `parameterization`; alphas_cumprod: the
+    ᾱ table the model was trained with (float64 [T]); num_steps: the sampler's step count (grid points; Heun
+    makes 2·num_steps − 1 calls); eta and noise ([num_noise_steps, B, ...] standard normals; None: zeros,
+    allowed only with eta = 0): DDIM only. Raises ValueError for an unknown sampler or parameterisation, a
+    bad step count, or an undefined combination (see `check_timesteps`).
+    """
+    _check_sampler(sampler)
+    ac = np.asarray(alphas_cumprod, np.float64)
+    check_timesteps(parameterization, ac, network_timesteps(sampler, ac, num_steps))
+    v = v_denoiser(denoise, parameterization, ac)
+    if sampler == "ddim":
+        tables = ddim_tables(ac, num_steps, eta)
+        if noise is None:
+            if eta != 0:
+                raise ValueError("DDIM with eta > 0 needs its per-step noise")
+            noise = jnp.zeros((len(tables.timesteps),) + x_T.shape, x_T.dtype)
+        return ddim_sample(v, x_T, noise, tables)
+    ts = sampler_timesteps(num_steps, ac)
+    if sampler in ("euler", "heun"):
+        return ode_sample(v, x_T, ode_tables(ac, ts, sampler))
+    return multistep_sample(v, x_T, multistep_tables(ac, ts, sampler))
