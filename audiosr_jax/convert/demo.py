@@ -1,6 +1,6 @@
 """End-to-end demo on the embedded default: checkpoint in the released layout → converter → sample.py.
 
-    python -m audiosr_jax.demo [--workdir out/demo] [--width reduced] [--steps 50]
+    python -m audiosr_jax.convert.demo [--workdir out/convert_demo] [--width reduced] [--steps 50]
 
 No weights can be downloaded here, so the checkpoint holds synthetic weights (the parity tests' reduced
 width by default) in the exact key layout of the released `pytorch_model.bin`. Everything a user with the
@@ -21,7 +21,7 @@ import numpy as np
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--workdir", default=os.path.join("out", "demo"))
+    ap.add_argument("--workdir", default=os.path.join("out", "convert_demo"))
     ap.add_argument("--width", choices=["tiny", "reduced"], default="reduced")
     ap.add_argument("--steps", type=int, default=50)
     args = ap.parse_args(argv)

@@ -1,0 +1,40 @@
+"""Run an ablation grid: python ablate.py --grid=configs/ablations/<name>.py [--workdir=DIR] [--cell=NAME]
+[--report_only] [--grid.eval.clips=4 ...]. See audiosr_jax/ablation.py."""
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_GRID = config_flags.DEFINE_config_file("grid", None, "ablation grid config (configs/ablations/*.py)")
+_WORKDIR = flags.DEFINE_string("workdir", None, "output folder (default out/ablations/<grid name>)")
+_CELL = flags.DEFINE_string("cell", None, "run only this cell (its name or folder name), then update the report")
+_REPORT_ONLY = flags.DEFINE_bool("report_only", False, "only gather finished cells into the report")
+
+
+def _main(argv):
+    del argv
+    import os
+
+    from audiosr_jax import ablation
+    from audiosr_jax.sample_cli import _enable_compilation_cache
+
+    grid = _GRID.value
+    if grid is None:
+        print("error: --grid is required", file=sys.stderr)
+        return 2
+    _enable_compilation_cache()
+    workdir = _WORKDIR.value or os.path.join("out", "ablations", grid.name)
+    ablation.run(grid, workdir, only_cell=_CELL.value, report_only=_REPORT_ONLY.value)
+    return 0
+
+
+def main():
+    try:
+        app.run(lambda argv: sys.exit(_main(argv)))
+    except SystemExit as e:
+        return e.code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

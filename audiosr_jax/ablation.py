@@ -1,0 +1,313 @@
+"""Ablation harness: train one LDM per grid cell on the same data, seed and budget, evaluate each the same way,
+and write one table and one plot.
+
+    python ablate.py --grid=configs/ablations/schedule_x_param.py [--workdir=out/ablations/NAME]
+        [--cell=NAME] [--report_only] [--grid.eval.clips=4 ...]
+
+A grid config (``configs/ablations/*.py``) holds:
+
+* ``base``: the demo's settings for the shared parts: ``corpus`` (a folder, or "" to build one), the frozen
+  VAE and vocoder (trained with the demo's recipe into ``<workdir>/base`` unless ``base.workdir`` names a
+  finished demo workdir), and ``ldm``: the LDM training overrides every cell shares (steps, batch, data seed).
+* ``axes``: ``((dotted config key, (values, ...)), ...)``; the cells are their Cartesian product times ``seeds`` (each seed
+  sets ``train.seed``: initialisation, noise and condition dropout; the batches are the same for every cell).
+* ``eval``: ``cutoffs_hz``, ``clips`` (held-out 5.12 s clips of the validation split), ``guidance``, ``seed``,
+  and ``samplers``: a list of ``{sampler, eta, steps: [..]}``; every cell is scored at every (sampler, steps).
+
+Each cell lives in ``<workdir>/cells/<cell>/`` (``ldm/`` training run, ``checkpoint/`` export,
+``outputs/<sampler>-<steps>/`` audio, ``results.json``). A cell whose ``results.json`` has every evaluation
+is not rerun; a partly done cell resumes (training from its checkpoint, evaluation per setting). ``--cell``
+runs one cell only, so cells can be separate processes (one per host or job); ``--report_only`` gathers the
+finished cells into ``<workdir>/report.md``, ``results.csv`` and ``lsd_vs_steps.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from audiosr_jax import experiments as ex
+from audiosr_jax.audio import atomic_write
+
+TABLE_METRICS = ("lsd", "lsd_hf", "lsd_lf", "si_sdr")
+
+
+def log(msg: str) -> None:
+    print(f"[ablate] {msg}", flush=True)
+
+
+def _short(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
+def cells(grid: Any) -> list[dict]:
+    """The grid's cells in order: ``{"name", "dir", "overrides"}`` (overrides: dotted keys → values)."""
+    axes = [(k, list(v)) for k, v in grid.axes]
+    out = []
+    for values in itertools.product(*(v for _, v in axes)):
+        for seed in grid.seeds:
+            overrides = {k: v for (k, _), v in zip(axes, values)}
+            overrides["train.seed"] = int(seed)
+            name = ",".join(f"{_short(k)}={v}" for (k, _), v in zip(axes, values)) + f",seed={seed}"
+            dirname = re.sub(r"[^A-Za-z0-9_.-]", "_", "-".join(str(v) for v in values) + f"-s{seed}")
+            out.append({"name": name, "dir": dirname, "overrides": overrides, "axes": dict(zip((k for k, _ in axes), values)),
+                        "seed": int(seed)})
+    return out
+
+
+def eval_settings(grid: Any) -> list[dict]:
+    """Every (sampler, eta, steps) the cells are scored at, as dicts with a ``key`` like ``ddim-eta1-50``."""
+    out = []
+    for s in grid.eval.samplers:
+        for steps in s["steps"]:
+            eta = float(s.get("eta", 1.0))
+            key = f"{s['sampler']}-{steps}" if s["sampler"] != "ddim" else f"ddim-eta{eta:g}-{steps}"
+            out.append({"key": key, "sampler": s["sampler"], "eta": eta, "steps": int(steps)})
+    return out
+
+
+def prepare_base(grid: Any, workdir: Path) -> dict:
+    """The dataset, frozen VAE and vocoder every cell shares, and the held-out inputs (built once)."""
+    from audiosr_jax import demo
+
+    base = Path(grid.base.workdir) if grid.base.workdir else workdir / "base"
+    base = base.resolve()
+    corpus = Path(grid.base.corpus) if grid.base.corpus else demo.build_corpus(base / "corpus", Path(grid.base.cache),
+                                                                                float(grid.base.minutes))
+    dataset = demo.build_segments(corpus, base / "tfds")
+    for stage in ("vae", "vocoder"):
+        ex.train_stage(stage, base / stage, demo.stage_overrides(stage, base, dataset), say=log)
+    refs, inputs = workdir / "heldout", workdir / "inputs"
+    ex.held_out_clips(dataset, refs, int(grid.eval.clips))
+    ex.simulate_inputs(refs, inputs, [int(c) for c in grid.eval.cutoffs_hz])
+    return {"base": base, "dataset": dataset, "references": refs, "inputs": inputs}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def ldm_overrides(grid: Any, cell: dict, prepared: dict) -> dict:
+    o = _flatten(grid.base.ldm.to_dict() if hasattr(grid.base.ldm, "to_dict") else grid.base.ldm)
+    o.update(cell["overrides"])
+    o["data.dataset_dir"] = str(prepared["dataset"])
+    o["ldm.vae_from"] = str(prepared["base"] / "vae")
+    return o
+
+
+def run_cell(grid: Any, cell: dict, workdir: Path, prepared: dict) -> dict:
+    """Train, export and evaluate one cell (each part skipped when done); returns its results dict."""
+    from audiosr_jax.training.export import export_weights
+
+    cdir = workdir / "cells" / cell["dir"]
+    results_path = cdir / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    todo = [s for s in eval_settings(grid) if s["key"] not in results.get("evals", {})]
+    if not todo:
+        log(f"{cell['name']}: done, skipped")
+        return results
+    t0 = time.perf_counter()
+    last = ex.train_stage("ldm", cdir / "ldm", ldm_overrides(grid, cell, prepared), say=log)
+    train_s = time.perf_counter() - t0
+    ckpt = cdir / "checkpoint"
+    if not (ckpt / "architecture.json").is_file():
+        base = prepared["base"]
+        export_weights(str(base / "vae"), str(cdir / "ldm"), str(base / "vocoder"), str(ckpt), use_ema=True)
+    results.setdefault("cell", cell)
+    results.setdefault("evals", {})
+    if last:
+        results["train"] = {"seconds": train_s, **{k: v for k, v in last.items() if isinstance(v, (int, float))}}
+    for s in todo:
+        t1 = time.perf_counter()
+        out = cdir / "outputs" / s["key"]
+        ex.super_resolve(ckpt, prepared["inputs"], out, steps=s["steps"], guidance=float(grid.eval.guidance),
+                         sampler=s["sampler"], eta=s["eta"], seed=int(grid.eval.seed))
+        rows = ex.score(out, prepared["references"], prepared["inputs"])
+        results["evals"][s["key"]] = {**s, "seconds": time.perf_counter() - t1, "per_cutoff": ex.per_cutoff(rows),
+                                      "files": [{k: r.get(k) for k in ("output", "cutoff_bucket_khz", *TABLE_METRICS,
+                                                                        "input_lsd", "input_lsd_hf")} for r in rows]}
+        atomic_write(results_path, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2, default=str)))
+        all_ = _mean_over_files(results["evals"][s["key"]]["files"])
+        log(f"{cell['name']} {s['key']}: LSD {all_['lsd']:.3f}, LSD-HF {all_['lsd_hf']:.3f}, "
+            f"SI-SDR {all_['si_sdr']:.2f} dB ({time.perf_counter() - t1:.0f} s)")
+    return results
+
+
+def _mean_over_files(files: list[dict]) -> dict:
+    return {k: float(np.mean([f[k] for f in files if f.get(k) is not None])) for k in (*TABLE_METRICS, "input_lsd")}
+
+
+def collect(grid: Any, workdir: Path) -> list[dict]:
+    """One row per (cell, eval setting, cutoff or "all") over the finished evaluations; seeds are kept apart
+    (rows carry ``seed``) and pooled in the report."""
+    rows = []
+    for cell in cells(grid):
+        path = workdir / "cells" / cell["dir"] / "results.json"
+        if not path.is_file():
+            continue
+        res = json.loads(path.read_text())
+        for key, ev in res.get("evals", {}).items():
+            files = ev["files"]
+            for khz in sorted({f["cutoff_bucket_khz"] for f in files}) + ["all"]:
+                fs = files if khz == "all" else [f for f in files if f["cutoff_bucket_khz"] == khz]
+                row = {"cell": cell["name"], **{_short(k): v for k, v in cell["axes"].items()}, "seed": cell["seed"],
+                       "setting": key, "sampler": ev["sampler"], "eta": ev["eta"], "steps": ev["steps"],
+                       "cutoff_khz": khz, "n": len(fs)}
+                for m in (*TABLE_METRICS, "input_lsd", "input_lsd_hf"):
+                    vals = np.array([f[m] for f in fs if f.get(m) is not None], np.float64)
+                    row[m] = float(vals.mean()) if vals.size else None
+                    row[f"{m}_std"] = float(vals.std()) if vals.size else None
+                rows.append(row)
+    return rows
+
+
+def _group_name(row: dict, axis_names: list[str]) -> str:
+    return ", ".join(f"{a}={row[a]}" for a in axis_names)
+
+
+def write_report(grid: Any, workdir: Path, rows: list[dict]) -> Path:
+    """``results.csv`` (every row), ``report.md`` (cells × settings, LSD pooled over cutoffs with the spread
+    over seeds, then per cutoff at the largest step count) and ``lsd_vs_steps.png``."""
+    axis_names = [_short(k) for k, _ in grid.axes]
+    csv_path = workdir / "results.csv"
+    if rows:
+        fields = list(rows[0].keys())
+
+        def write_csv(tmp):
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=fields)
+                w.writeheader()
+                w.writerows(rows)
+
+        atomic_write(csv_path, write_csv)
+    settings = [s["key"] for s in eval_settings(grid)]
+    present = {_group_name(r, axis_names) for r in rows}
+    groups = list(dict.fromkeys(g for g in (_cell_group(c, axis_names) for c in cells(grid)) if g in present))
+    lines = [f"# Ablation: {grid.name}", "", grid.get("description", ""), "",
+             f"Cells: {len(cells(grid))} ({' × '.join(f'{a} ({len(v)})' for a, v in zip(axis_names, (v for _, v in grid.axes)))}"
+             f" × seeds {list(grid.seeds)}). Held-out: {grid.eval.clips} clips × cutoffs "
+             f"{', '.join(f'{c / 1000:g}' for c in grid.eval.cutoffs_hz)} kHz; guidance {grid.eval.guidance}.", "",
+             "## LSD (all cutoffs pooled; mean over clips, ± std over training seeds when there are several)", ""]
+    lines += _pivot(rows, groups, settings, axis_names, "lsd", cutoff="all")
+    lines += ["", "## LSD-HF (generated band only)", ""]
+    lines += _pivot(rows, groups, settings, axis_names, "lsd_hf", cutoff="all")
+    lines += ["", "## SI-SDR (dB)", ""]
+    lines += _pivot(rows, groups, settings, axis_names, "si_sdr", cutoff="all", digits=2)
+    if settings:
+        last = max(eval_settings(grid), key=lambda s: s["steps"])["key"]
+        lines += ["", f"## LSD per cutoff ({last}); baseline = the low-passed input", ""]
+        cutoffs = sorted({r["cutoff_khz"] for r in rows if r["cutoff_khz"] != "all"})
+        lines.append("| cell | " + " | ".join(f"{c:g} kHz" for c in cutoffs) + " |")
+        lines.append("|---|" + "---|" * len(cutoffs))
+        base_row = {c: [r["input_lsd"] for r in rows if r["cutoff_khz"] == c and r["setting"] == last] for c in cutoffs}
+        lines.append("| low-passed input | " + " | ".join(f"{np.mean(base_row[c]):.3f}" if base_row[c] else "-"
+                                                      for c in cutoffs) + " |")
+        for g in groups:
+            cellv = []
+            for c in cutoffs:
+                v = [r["lsd"] for r in rows if _group_name(r, axis_names) == g and r["cutoff_khz"] == c
+                     and r["setting"] == last]
+                cellv.append(_fmt(v))
+            lines.append(f"| {g} | " + " | ".join(cellv) + " |")
+    lines += ["", "Files: `results.csv` (every cell × setting × cutoff, per seed), `lsd_vs_steps.png`.", ""]
+    md = workdir / "report.md"
+    atomic_write(md, lambda tmp: Path(tmp).write_text("\n".join(lines)))
+    _plot(rows, groups, axis_names, workdir / "lsd_vs_steps.png")
+    return md
+
+
+def _cell_group(cell: dict, axis_names: list[str]) -> str:
+    return ", ".join(f"{a}={cell['axes'][k]}" for a, k in zip(axis_names, cell["axes"]))
+
+
+def _fmt(vals: list, digits: int = 3) -> str:
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return "-"
+    if len(vals) == 1:
+        return f"{vals[0]:.{digits}f}"
+    return f"{np.mean(vals):.{digits}f} ± {np.std(vals):.{digits}f}"
+
+
+def _pivot(rows, groups, settings, axis_names, metric, cutoff, digits=3) -> list[str]:
+    present = [s for s in settings if any(r["setting"] == s for r in rows)]
+    out = ["| cell | " + " | ".join(present) + " |", "|---|" + "---|" * len(present)]
+    for g in groups:
+        vals = [_fmt([r[metric] for r in rows if _group_name(r, axis_names) == g and r["setting"] == s
+                      and r["cutoff_khz"] == cutoff], digits) for s in present]
+        out.append(f"| {g} | " + " | ".join(vals) + " |")
+    return out
+
+
+def _plot(rows, groups, axis_names, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    samplers = sorted({(r["sampler"], r["eta"]) for r in rows})
+    if not samplers:
+        return
+    fig, axes = plt.subplots(1, len(samplers), figsize=(6 * len(samplers), 4.5), squeeze=False)
+    for ax, (sampler, eta) in zip(axes[0], samplers):
+        for g in groups:
+            rs = [r for r in rows if _group_name(r, axis_names) == g and r["sampler"] == sampler and r["eta"] == eta
+                  and r["cutoff_khz"] == "all"]
+            steps = sorted({r["steps"] for r in rs})
+            if not steps:
+                continue
+            mean = [np.mean([r["lsd"] for r in rs if r["steps"] == s]) for s in steps]
+            std = [np.std([r["lsd"] for r in rs if r["steps"] == s]) for s in steps]
+            ax.errorbar(steps, mean, yerr=std, marker="o", capsize=3, label=g)
+        base = [r["input_lsd"] for r in rows if r["sampler"] == sampler and r["cutoff_khz"] == "all"]
+        if base:
+            ax.axhline(np.mean(base), color="k", ls="--", lw=1, label="low-passed input")
+        ax.set_xscale("log")
+        ax.set_xlabel("sampler steps")
+        ax.set_ylabel("LSD (all cutoffs)")
+        ax.set_title(f"{sampler}" + (f" (η={eta:g})" if sampler == "ddim" else ""))
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+
+    def save(tmp):
+        fig.savefig(tmp, dpi=110, format="png")
+
+    atomic_write(path, save)
+    plt.close(fig)
+
+
+def run(grid: Any, workdir: Path, only_cell: str | None = None, report_only: bool = False) -> Path:
+    """Run every (or one) cell of the grid in sequence, then write the report; returns report.md's path."""
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    grid_cells = cells(grid)
+    if only_cell is not None and only_cell not in {c["name"] for c in grid_cells} | {c["dir"] for c in grid_cells}:
+        raise SystemExit(f"error: no cell {only_cell!r} in {grid.name}; cells: "
+                         + "; ".join(c["name"] for c in grid_cells))
+    atomic_write(workdir / "grid.json", lambda tmp: Path(tmp).write_text(grid.to_json(indent=2)))
+    if not report_only:
+        prepared = prepare_base(grid, workdir)
+        for cell in grid_cells:
+            if only_cell in (None, cell["name"], cell["dir"]):
+                run_cell(grid, cell, workdir, prepared)
+    rows = collect(grid, workdir)
+    md = write_report(grid, workdir, rows)
+    log(f"report: {md} ({len({r['cell'] for r in rows})}/{len(grid_cells)} cells finished)")
+    return md
+
+
+__all__ = ["cells", "eval_settings", "prepare_base", "run_cell", "collect", "write_report", "run"]
