@@ -1,5 +1,7 @@
 """The diffusion maths: the reference's schedule, DDIM grid and update, and guidance."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -118,3 +120,35 @@ def test_classifier_free_guidance_batches_both_branches():
     calls.clear()
     np.testing.assert_allclose(classifier_free_guidance(model, cond, uncond, 1.0)(x, t), 2.0)
     assert calls == [3]
+
+
+def test_ddim_tables_match_the_reference_fixture():
+    # The reference's own DDIM arrays (tests/fixtures/ddim.npz, recorded from audiosr 0.0.7's DDIMSampler for
+    # 2 steps, eta 1): timesteps, ᾱ_t, ᾱ_prev (ᾱ_0 for the last step) and σ_t, ascending as the reference.
+    ref = np.load(os.path.join(os.path.dirname(__file__), "fixtures", "ddim.npz"))
+    steps, eta = int(ref["ddim_steps"]), float(ref["ddim_eta"])
+    tab = ddim_tables(make_alphas_cumprod("cosine", 1000), steps, eta)
+    np.testing.assert_array_equal(tab.timesteps[::-1], ref["ddim_timesteps"])
+    ac32 = cosine_alphas_cumprod().astype(np.float32)
+    np.testing.assert_array_equal(ac32[tab.timesteps[::-1]], ref["ddim_alphas"].astype(np.float32))
+    np.testing.assert_array_equal(tab.alpha_prev[::-1], ref["ddim_alphas_prev"].astype(np.float32))
+    np.testing.assert_allclose(tab.sigma[::-1], ref["ddim_sigmas"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("steps,first,count", [(50, 981, 50), (200, 996, 200), (10, 901, 10), (3, 667, 3)])
+def test_ddim_grid_ends_and_alpha_levels(steps, first, count):
+    ac = make_alphas_cumprod()
+    tab = ddim_tables(ac, steps, eta=1.0)
+    assert len(tab.timesteps) == count and tab.timesteps[0] == first and tab.timesteps[-1] == 1
+    assert tab.sqrt_alpha[0] == np.float32(np.sqrt(ac[first]))  # from the float64 table, as the reference
+    assert tab.sqrt_one_minus_alpha[-1] == np.float32(np.sqrt(1 - ac[1]))
+    assert tab.alpha_prev[-1] == np.float32(ac[0]) and tab.alpha_prev[0] == np.float32(ac[tab.timesteps[1]])
+    assert 999 not in tab.timesteps  # the reference never evaluates ᾱ_999 = 0
+
+
+def test_ddim_grid_for_other_num_timesteps():
+    # The same rule, t = k·⌊T/S⌋ + 1, for a model trained with T ≠ 1000.
+    np.testing.assert_array_equal(ddim_timesteps(10, 200), np.arange(0, 200, 20) + 1)
+    np.testing.assert_array_equal(ddim_timesteps(7, 100), np.arange(0, 100, 14)[:8] + 1)
+    tab = ddim_tables(make_alphas_cumprod("linear", 200), 10, eta=0.0)
+    assert tab.timesteps[0] == 181 and np.all(tab.sigma == 0)

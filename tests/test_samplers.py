@@ -1,4 +1,5 @@
-"""Fast samplers (DPM-Solver++(2M), UniPC) against DDIM and the exact probability-flow ODE of a Gaussian toy.
+"""Samplers (DDIM, DPM-Solver++(2M), UniPC, Euler, Heun) against the exact probability-flow ODE of a Gaussian toy,
+for every parameterisation and several schedules.
 
 The toy: data x₀ ~ N(μ, s²) independently per dimension. Its noisy marginals are Gaussian, so the oracle
 denoiser (posterior mean → v) and the probability-flow ODE have closed forms: the flow keeps the standardised
@@ -19,8 +20,11 @@ from audiosr_jax.diffusion.dpm_solver import (
     sampler_timesteps,
     unipc_sample,
 )
+from audiosr_jax.diffusion import parameterization as pz
+from audiosr_jax.diffusion import sampling
+from audiosr_jax.diffusion.ode import euler_sample, heun_sample, ode_tables
 from audiosr_jax.diffusion.samplers import DDIMTables, ddim_sample, ddim_tables, ddim_timesteps
-from audiosr_jax.diffusion.schedules import cosine_alphas_cumprod
+from audiosr_jax.diffusion.schedules import cosine_alphas_cumprod, make_alphas_cumprod
 
 AC = cosine_alphas_cumprod()
 MU = np.array([0.7, -0.3, 1.2, 0.0, -1.0, 0.4, 0.2, -0.6])
@@ -322,3 +326,215 @@ def test_start_at_zero_snr_is_finite_and_first_order():
         assert np.all(np.isfinite(tab.predictor)) and np.all(np.isfinite(tab.corrector))
         out = multistep_sample(den, x_T, tab)
         assert rms(out, exact_sampler_output(x_T, ts)) < 0.05  # 0.03–0.04 at 10 steps from t=998
+
+
+# ------------------------------------------------------------------------------------------------ any schedule ×
+# parameterisation × sampler (sampling.sample: the model's own prediction, wrapped into v)
+
+ALL_SAMPLERS = sampling.SAMPLERS
+
+
+def toy_denoiser(ac, parameterization, mu, std):
+    """Oracle for x₀ ~ N(mu, std²) per dimension under schedule `ac`, answering in `parameterization`:
+    the exact posterior mean E[x₀|x_t] and the ε it implies. std = 0 is a point mass at mu."""
+    ac32 = jnp.asarray(ac, jnp.float32)
+    sa_tab, s1_tab = jnp.asarray(np.sqrt(ac), jnp.float32), jnp.asarray(np.sqrt(1 - ac), jnp.float32)
+    mu, var = jnp.asarray(mu, jnp.float32), jnp.asarray(np.square(std), jnp.float32)
+
+    def denoise(x, t):
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        a, sa, s1 = ac32[t].reshape(shape), sa_tab[t].reshape(shape), s1_tab[t].reshape(shape)
+        x0 = mu + sa * var / (a * var + 1.0 - a) * (x - sa * mu)
+        eps = (x - sa * x0) / s1
+        return pz.from_x0_eps(parameterization, x0, eps, sa, s1).astype(x.dtype)
+
+    return denoise
+
+
+def _exact_end(ac, sampler, x_T, num_steps, mu, std):
+    """What `sampler` converges to from x_T: the ODE solution carried to its end (DDIM: the ᾱ₀ level; the
+    others: x̂₀ at t=1)."""
+    x = np.asarray(x_T, np.float64)
+    ts = sampling.network_timesteps(sampler, ac, num_steps)
+
+    def flow(t_from, t_to):
+        a0, a1 = ac[t_from], ac[t_to]
+        z = (x - np.sqrt(a0) * mu) / np.sqrt(a0 * std ** 2 + 1 - a0)
+        return np.sqrt(a1) * mu + np.sqrt(a1 * std ** 2 + 1 - a1) * z
+
+    if sampler == "ddim":
+        return flow(ts[0], 0)
+    a = ac[ts[-1]]
+    return mu + np.sqrt(a) * std ** 2 / (a * std ** 2 + 1 - a) * (flow(ts[0], ts[-1]) - np.sqrt(a) * mu)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "scaled_linear_zero_snr"])
+def test_point_mass_recovered_by_every_sampler_and_parameterisation(schedule):
+    # The denoiser returns the true x₀ (in the model's parameterisation): every sampler lands on it exactly
+    # (DDIM: at its ᾱ₀ level, with the start noise carried along), whatever the schedule.
+    ac = make_alphas_cumprod(schedule)
+    mu = np.linspace(-1.5, 2.0, 6)
+    x_T = standard_normal((16, 6), 5) * 2
+    for param in pz.PARAMETERIZATIONS:
+        den = toy_denoiser(ac, param, mu, np.zeros_like(mu))
+        for sampler in ALL_SAMPLERS:
+            out = sampling.sample(sampler, den, x_T, ac, 4, parameterization=param, eta=0.0)
+            want = _exact_end(ac, sampler, x_T, 4, mu, np.zeros_like(mu))
+            np.testing.assert_allclose(np.asarray(out), want, atol=1e-3, err_msg=f"{sampler} {param}")
+
+
+# steps per sampler for the distribution check: first-order methods need many more
+TOY_STEPS = {"ddim": 200, "euler": 200, "heun": 40, "dpmpp_2m": 25, "unipc": 25}
+
+
+@pytest.mark.parametrize("schedule,params", [("cosine", ("eps", "x0")), ("linear", ("eps",)),
+                                             ("linear_zero_snr", ("x0",))])
+def test_gaussian_toy_law_for_every_sampler_and_parameterisation(schedule, params):
+    # Exact posterior mean as the denoiser: the samples have the data's mean and std (per dimension) to
+    # 3 % of the std. As in test_gaussian_toy_distribution_is_recovered, x_T has exact sample moments and each
+    # sampler is affine in x_T, so the tolerance measures the sampler. Scales below the t=1 floor are skipped.
+    # (Not the default sigmoid: its ᾱ_998 = 3e-4, so starting from pure noise there drops √ᾱ = 1.7 % of the
+    # mean, a start bias of the schedule that no sampler removes.)
+    ac = make_alphas_cumprod(schedule)
+    x_T = standard_normal((512, len(MU)), 4)
+    keep = STD >= 0.1 if schedule == "cosine" else STD >= 0.2
+    for param in params:
+        den = toy_denoiser(ac, param, MU, STD)
+        for sampler in ALL_SAMPLERS:
+            out = sampling.sample(sampler, den, x_T, ac, TOY_STEPS[sampler], parameterization=param, eta=0.0)
+            mean, std = _law(out)
+            msg = f"{sampler} {param}"
+            np.testing.assert_array_less(np.abs(mean - MU)[keep] / STD[keep], 0.03, err_msg=msg)
+            np.testing.assert_allclose(std[keep], STD[keep], rtol=0.03, err_msg=msg)
+
+
+@pytest.mark.parametrize("schedule,spacing", [("cosine", "logsnr"), ("cosine", "uniform"), ("linear", "logsnr")])
+def test_euler_is_ddim_eta0_on_the_same_grid(schedule, spacing):
+    # Euler in Karras' (x/α, σ/α) form and DDIM(η=0) are one method: on the same grid, with DDIM's last step
+    # taken to ᾱ = 1 (σ = 0, i.e. x̂₀) instead of the reference's ᾱ₀ level, they agree to rounding.
+    ac = make_alphas_cumprod(schedule)
+    x_T = standard_normal((4, 6), 9)
+    ts = sampler_timesteps(12, ac, spacing)
+    a = ac[ts]
+    a_prev = np.append(a[1:], 1.0)
+    tab = DDIMTables(ts.astype(np.int32), np.sqrt(a).astype(np.float32), np.sqrt(1 - a).astype(np.float32),
+                     a_prev.astype(np.float32), np.zeros(len(ts), np.float32))
+    ddim = ddim_sample(_nonlinear_denoiser, x_T, jnp.zeros((len(ts),) + x_T.shape), tab)
+    euler = euler_sample(_nonlinear_denoiser, x_T, ac, 12, spacing)
+    np.testing.assert_allclose(np.asarray(euler), np.asarray(ddim), rtol=1e-5, atol=1e-5)
+
+
+def _heun_textbook(denoise, x_T, ac, ts):
+    """Karras et al. (2022), Algorithm 1 (Heun, 2nd order) in x̃ = x/α, σ̃ = σ/α, float64 NumPy; the last
+    timestep's x̂₀ is the output (the σ → 0 Euler step)."""
+    a = ac[ts]
+    alpha, sig = np.sqrt(a), np.sqrt(1 - a) / np.sqrt(a)
+
+    def D(x_tilde, i):
+        x = x_tilde * alpha[i]
+        v = np.asarray(denoise(jnp.asarray(x, jnp.float32), jnp.full((x.shape[0],), ts[i], jnp.int32)), np.float64)
+        return alpha[i] * x - np.sqrt(1 - a[i]) * v
+
+    xt = np.asarray(x_T, np.float64) / alpha[0]
+    for i in range(len(ts) - 1):
+        d = (xt - D(xt, i)) / sig[i]
+        x_e = xt + (sig[i + 1] - sig[i]) * d
+        d2 = (x_e - D(x_e, i + 1)) / sig[i + 1]
+        xt = xt + (sig[i + 1] - sig[i]) * (d + d2) / 2
+    return D(xt, len(ts) - 1)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "scaled_linear"])
+def test_heun_matches_textbook_karras(schedule):
+    ac = make_alphas_cumprod(schedule)
+    x_T = standard_normal((3, 6), 2)
+    got = heun_sample(_nonlinear_denoiser, x_T, ac, 10)
+    want = _heun_textbook(_nonlinear_denoiser, x_T, ac, sampler_timesteps(10, ac))
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)
+
+
+def test_heun_beats_euler_at_equal_steps_and_is_second_order():
+    # Errors vs the exact ODE solution on the Gaussian toy (cosine, v). At ≤ 10 λ-uniform steps (log-SNR
+    # steps ≥ 1.1) Heun's trapezoid in σ̃ is no better than Euler; from 20 steps on it is, at 2× the calls.
+    x_T = standard_normal((256, len(MU)), 1)
+    den = gaussian_denoiser(MU, STD)
+    err = {}
+    for name, fn in (("euler", euler_sample), ("heun", heun_sample)):
+        err[name] = np.array([rms(fn(den, x_T, AC, n), _exact_end(AC, name, x_T, n, MU, STD)) for n in (20, 40, 80)])
+    assert np.all(err["heun"] < 0.5 * err["euler"]), err
+    r_euler, r_heun = err["euler"][:-1] / err["euler"][1:], err["heun"][:-1] / err["heun"][1:]
+    assert np.all((1.7 < r_euler) & (r_euler < 2.3)), r_euler
+    assert np.all((3.3 < r_heun) & (r_heun < 5.5)), r_heun
+
+
+def test_heun_calls_the_network_2s_minus_1_times():
+    seen = []
+
+    def denoise(x, t):
+        jax.debug.callback(lambda tt: seen.append(int(tt[0])), t, ordered=True)
+        return _nonlinear_denoiser(x, t)
+
+    jax.block_until_ready(heun_sample(denoise, standard_normal((2, 3)), AC, 5))
+    jax.effects_barrier()
+    ts = list(sampler_timesteps(5, AC))
+    assert seen == [ts[0]] + [t for t in ts[1:] for _ in range(2)]  # t_i, then t_{i+1} twice (correct, restart)
+    assert len(seen) == sampling.num_network_calls("heun", 5) == 9
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m", "unipc"])
+def test_v_model_path_is_the_plain_sampler(sampler):
+    # sampling.sample for a v-model adds nothing: bit-identical to calling the sampler directly.
+    x_T = standard_normal((3, 5), 11)
+    noise = jnp.asarray(np.random.default_rng(12).standard_normal((8, 3, 5)), jnp.float32)
+    got = sampling.sample(sampler, _nonlinear_denoiser, x_T, AC, 7, eta=1.0, noise=noise)
+    if sampler == "ddim":
+        want = ddim_sample(_nonlinear_denoiser, x_T, noise, ddim_tables(AC, 7, 1.0))
+    else:
+        want = SAMPLERS[sampler](_nonlinear_denoiser, x_T, AC, 7)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_wrapped_parameterisations_give_the_same_samples():
+    # One oracle answering in ε, v or x₀: after the wrapper, every sampler sees the same v (to float32 rounding).
+    ac = make_alphas_cumprod("scaled_linear")
+    x_T = standard_normal((8, len(MU)), 13)
+    outs = {p: np.asarray(sampling.sample("unipc", toy_denoiser(ac, p, MU, STD), x_T, ac, 8, parameterization=p))
+            for p in pz.PARAMETERIZATIONS}
+    np.testing.assert_allclose(outs["eps"], outs["v"], atol=1e-4)
+    np.testing.assert_allclose(outs["x0"], outs["v"], atol=1e-4)
+
+
+def test_undefined_combinations_are_refused():
+    x_T = standard_normal((2, 3))
+    den = toy_denoiser(AC, "eps", np.zeros(3), np.ones(3))
+    # DDIM with S = T visits t = 999, where ᾱ = 0: x₀ from ε is undefined there
+    assert 999 in sampling.network_timesteps("ddim", AC, 1000)
+    with pytest.raises(ValueError, match="eps-prediction.*t=999"):
+        sampling.sample("ddim", den, x_T, AC, 1000, parameterization="eps", eta=0.0)
+    # the default grids never visit ᾱ = 0, for any zero-terminal-SNR schedule
+    for schedule in ("cosine", "linear_zero_snr", "scaled_linear_zero_snr", "sigmoid"):
+        ac = make_alphas_cumprod(schedule)
+        for sampler in ALL_SAMPLERS:
+            for n in (1, 10, 50, 200):
+                assert np.all(ac[sampling.network_timesteps(sampler, ac, n)] > 0), (schedule, sampler, n)
+    # Heun cannot start at ᾱ = 0 (σ/α = ∞); Euler can (its α/σ form has the limit)
+    with pytest.raises(ValueError, match="Heun"):
+        ode_tables(AC, np.array([999, 500, 1]), "heun")
+    assert np.all(np.isfinite(ode_tables(AC, np.array([999, 500, 1]), "euler").coef))
+    with pytest.raises(ValueError, match="unknown sampler"):
+        sampling.sample("plms", den, x_T, AC, 10)
+    with pytest.raises(ValueError, match="unknown parameterization"):
+        sampling.sample("ddim", den, x_T, AC, 10, parameterization="score")
+    with pytest.raises(ValueError, match="noise"):
+        sampling.sample("ddim", den, x_T, AC, 10, eta=1.0)
+
+
+@pytest.mark.parametrize("T", [1000, 300])
+def test_noise_steps_and_network_calls(T):
+    ac = make_alphas_cumprod("cosine", T)
+    for n in (1, 7, 50):
+        assert sampling.num_noise_steps("ddim", n, T) == len(ddim_tables(ac, n).timesteps)
+        for s in ("dpmpp_2m", "unipc", "euler", "heun"):
+            assert sampling.num_noise_steps(s, n, T) == n == len(sampling.network_timesteps(s, ac, n))
+        assert sampling.num_network_calls("heun", n, T) == 2 * n - 1
+        assert sampling.num_network_calls("euler", n, T) == n
