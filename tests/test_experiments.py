@@ -1,0 +1,154 @@
+"""The demo's and the ablation harness's own logic: stage overrides, held-out clips, per-cutoff verdicts, grid
+cells, result gathering and the report. Training and sampling themselves are tested elsewhere
+(test_train_loop, test_train_stages, test_export, test_sample_cli)."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from audiosr_jax import ablation, demo
+from audiosr_jax import experiments as ex
+
+ROOT = Path(__file__).resolve().parents[1]
+SLICE = ROOT / "tests" / "fixtures" / "corpus_slice"
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from audiosr_jax.data.segments import SegmentConfig, build_dataset
+
+    out = tmp_path_factory.mktemp("tfds")
+    return build_dataset({d: [SLICE / d] for d in ("music", "speech", "effects")}, out,
+                         config=SegmentConfig(segment_seconds=1.28, validation_fraction=0.5))
+
+
+def test_held_out_clips_come_from_validation_files_deterministically(dataset, tmp_path):
+    from audiosr_jax.data.segments import open_split
+
+    val_sources = {Path(open_split(dataset, "validation")[i]["source"].decode()).stem
+                   for i in range(len(open_split(dataset, "validation")))}
+    train_sources = {Path(open_split(dataset, "train")[i]["source"].decode()).stem
+                     for i in range(len(open_split(dataset, "train")))}
+    a = ex.held_out_clips(dataset, tmp_path / "a", 4, seconds=1.0)
+    b = ex.held_out_clips(dataset, tmp_path / "b", 4, seconds=1.0)
+    assert [p.name for p in a] == [p.name for p in b] and 1 <= len(a) <= 4
+    for pa, pb in zip(a, b):
+        xa, sr = sf.read(pa, dtype="float32")
+        assert sr == 48_000 and xa.shape == (48_000,)
+        np.testing.assert_array_equal(xa, sf.read(pb, dtype="float32")[0])
+        domain, rest = pa.stem.split("_", 1)
+        assert domain in ("music", "speech", "effects")
+        stem = rest.rsplit("_", 1)[0]
+        assert stem in val_sources and stem not in train_sources  # never a training recording
+    # one clip per recording before any recording gives a second
+    stems = [p.stem.rsplit("_", 1)[0] for p in a]
+    assert len(set(stems)) == min(len(stems), len(val_sources))
+
+
+def test_held_out_clips_refuses_when_nothing_is_long_enough(dataset, tmp_path):
+    with pytest.raises(SystemExit, match="no non-silent clip of 5.0 s"):
+        ex.held_out_clips(dataset, tmp_path, 2, seconds=5.0)
+
+
+def _row(khz, lsd, inp, **kw):
+    return {"status": "ok", "cutoff_bucket_khz": khz, "lsd": lsd, "input_lsd": inp, "lsd_hf": lsd + 0.5,
+            "input_lsd_hf": inp + 1.0, "lsd_lf": 0.1, "si_sdr": 5.0, **kw}
+
+
+def test_per_cutoff_means_and_verdict():
+    rows = [_row(2.0, 1.0, 3.0), _row(2.0, 2.0, 3.0), _row(4.0, 2.5, 2.0), {"status": "failed", "cutoff_bucket_khz": 8.0}]
+    table = ex.per_cutoff(rows)
+    assert [e["cutoff_khz"] for e in table] == [2.0, 4.0]  # failed rows are not averaged
+    assert table[0]["n"] == 2 and table[0]["lsd"] == pytest.approx(1.5) and table[0]["lsd_std"] == pytest.approx(0.5)
+    assert table[0]["beats_baseline"] and not table[1]["beats_baseline"]
+    text = ex.format_per_cutoff(table)
+    assert "yes" in text and "NO" in text and "low-passed input" in text
+
+
+def test_demo_overrides_are_valid_config_keys_and_scale_steps(tmp_path):
+    ds = tmp_path / "ds"
+    for stage in ("vae", "vocoder", "ldm"):
+        o = demo.stage_overrides(stage, tmp_path, ds, steps_scale=0.5)
+        assert o["train.total_steps"] == max(1, round(demo.STAGE_OVERRIDES[stage]["train.total_steps"] * 0.5))
+        cfg = ex.stage_config(stage, o)  # raises on a key the preset does not have
+        assert cfg.train.total_steps == o["train.total_steps"] and cfg.data.dataset_dir == str(ds)
+        assert f"--config=configs/{stage}.py:tiny" in ex.command_line(stage, tmp_path / stage, o)
+    assert ex.stage_config("ldm", demo.stage_overrides("ldm", tmp_path, ds)).ldm.vae_from == str(tmp_path / "vae")
+
+
+def test_latest_step_reads_committed_steps_only(tmp_path):
+    assert ex.latest_step(tmp_path) == 0
+    for name in ("50", "100", "100.corrupt", "tmp"):
+        (tmp_path / "checkpoints" / name).mkdir(parents=True)
+    assert ex.latest_step(tmp_path) == 100
+
+
+@pytest.fixture()
+def grid():
+    from configs.ablations.schedule_x_param import get_config
+
+    return get_config()
+
+
+def test_grid_cells_are_a_product_with_valid_overrides(grid, tmp_path):
+    from audiosr_jax.diffusion.schedules import make_alphas_cumprod
+
+    cells = ablation.cells(grid)
+    assert len(cells) == 6 and len({c["dir"] for c in cells}) == 6 and len({c["name"] for c in cells}) == 6
+    prepared = {"dataset": tmp_path / "ds", "base": tmp_path / "base"}
+    for c in cells:
+        o = ablation.ldm_overrides(grid, c, prepared)
+        cfg = ex.stage_config("ldm", o)
+        assert cfg.ldm.schedule == c["axes"]["ldm.schedule"] and cfg.train.seed == c["seed"]
+        assert cfg.train.total_steps == grid.base.ldm.train.total_steps and cfg.data.seed == 0  # same budget, data
+        ac = make_alphas_cumprod(cfg.ldm.schedule, cfg.ldm.num_timesteps, **dict(cfg.ldm.schedule_kwargs))
+        assert np.all(np.diff(ac) <= 0)
+    keys = [s["key"] for s in ablation.eval_settings(grid)]
+    assert len(keys) == len(set(keys)) == 5
+
+
+def _fake_results(grid, cell, workdir, offset):
+    files = []
+    for khz in (2.0, 4.0, 8.0, 12.0):
+        for i in range(3):
+            files.append({"output": f"lp{int(khz * 1000)}/clip{i}.wav", "cutoff_bucket_khz": khz,
+                          "lsd": offset + khz / 10 + i * 0.01, "lsd_hf": offset + 1.0, "lsd_lf": 0.2, "si_sdr": 3.0,
+                          "input_lsd": 4.0, "input_lsd_hf": 6.0})
+    evals = {s["key"]: {**s, "seconds": 1.0, "per_cutoff": [], "files": files} for s in ablation.eval_settings(grid)}
+    path = workdir / "cells" / cell["dir"] / "results.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"cell": cell, "evals": evals}))
+
+
+def test_report_gathers_finished_cells(grid, tmp_path):
+    cells = ablation.cells(grid)
+    _fake_results(grid, cells[0], tmp_path, 1.0)
+    _fake_results(grid, cells[3], tmp_path, 2.0)
+    rows = ablation.collect(grid, tmp_path)
+    assert len(rows) == 2 * 5 * 5  # cells × settings × (4 cutoffs + all)
+    md = ablation.write_report(grid, tmp_path, rows).read_text()
+    assert "schedule=cosine, parameterization=v" in md and "schedule=cosine_clipped, parameterization=eps" in md
+    assert "scaled_linear" not in md.split("## LSD (")[1]  # unfinished cells are not in the tables
+    all_row = next(r for r in rows if r["cell"] == cells[0]["name"] and r["cutoff_khz"] == "all")
+    assert all_row["lsd"] == pytest.approx(1.0 + np.mean([0.2, 0.4, 0.8, 1.2]) + 0.01)
+    assert f"{all_row['lsd']:.3f}" in md and "| low-passed input | 4.000 |" in md
+    with open(tmp_path / "results.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(rows)
+    assert (tmp_path / "lsd_vs_steps.png").stat().st_size > 1000
+
+
+def test_finished_cell_is_not_rerun(grid, tmp_path):
+    cell = ablation.cells(grid)[0]
+    _fake_results(grid, cell, tmp_path, 1.0)
+    # a finished cell returns before touching training, export or sampling (nothing here could run them)
+    res = ablation.run_cell(grid, cell, tmp_path, {"dataset": None, "base": None, "inputs": None, "references": None})
+    assert set(res["evals"]) == {s["key"] for s in ablation.eval_settings(grid)}
+
+
+def test_unknown_cell_is_refused(grid, tmp_path):
+    with pytest.raises(SystemExit, match="no cell 'nope'"):
+        ablation.run(grid, tmp_path, only_cell="nope")
