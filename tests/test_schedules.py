@@ -229,3 +229,76 @@ def test_diffusion_config_from_training_config():
 def test_diffusion_config_rejects_invalid(bad):
     with pytest.raises(ValueError):
         DiffusionConfig.from_dict(bad)
+
+
+# ------------------------------------------------------------------------------------------------ inference checkpoint
+# and pipeline: the weights carry the diffusion settings, generate() follows them
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_checkpoint_dir):
+    from audiosr_jax.checkpoint import load_weights
+
+    return load_weights(tiny_checkpoint_dir)
+
+
+def test_architecture_json_round_trip_of_diffusion_settings(tiny, tmp_path):
+    import dataclasses
+    import json
+
+    from audiosr_jax.checkpoint import load_weights, save_weights
+    from audiosr_jax.errors import CheckpointError
+
+    assert tiny.diffusion == DiffusionConfig()  # the converter keeps the released model's settings
+    setting = DiffusionConfig("scaled_linear_zero_snr", {"start": 0.001, "shift": 0.5}, 500, "eps")
+    save_weights(dataclasses.replace(tiny, diffusion=setting), tmp_path / "w")
+    arch = json.loads((tmp_path / "w" / "architecture.json").read_text())
+    assert arch["diffusion"] == {"schedule": "scaled_linear_zero_snr", "schedule_kwargs": {"shift": 0.5, "start": 0.001},
+                                 "num_timesteps": 500, "parameterization": "eps"}
+    assert load_weights(tmp_path / "w").diffusion == setting
+    # a directory written before the field existed reads as the released model
+    del arch["diffusion"]
+    (tmp_path / "w" / "architecture.json").write_text(json.dumps(arch))
+    assert load_weights(tmp_path / "w").diffusion == DiffusionConfig()
+    arch["diffusion"] = {"schedule": "cosine", "parameterization": "score"}
+    (tmp_path / "w" / "architecture.json").write_text(json.dumps(arch))
+    with pytest.raises(CheckpointError, match="architecture.json: invalid architecture.*score"):
+        load_weights(tmp_path / "w")
+
+
+@pytest.mark.parametrize("setting,sampler", [(DiffusionConfig("linear_zero_snr", {}, 600, "eps"), "heun"),
+                                             (DiffusionConfig("sigmoid", {"shift": 0.5}, 1000, "x0"), "euler")])
+def test_generate_follows_the_weights_diffusion_settings(tiny, setting, sampler):
+    import dataclasses
+
+    import jax
+
+    from audiosr_jax.pipeline import SamplingOptions, draw_noise, generate, item_keys, latent_shape, num_sampler_steps
+
+    w = dataclasses.replace(tiny, diffusion=setting)
+    opts, frames = SamplingOptions(steps=3, sampler=sampler), 32
+    noise = draw_noise(item_keys(0, [0], [0]), latent_shape(frames, w), num_sampler_steps(opts, w))
+    mel = np.random.default_rng(0).normal(-5.0, 1.0, (1, frames, 256)).astype(np.float32)
+    out = generate(w, jax.numpy.asarray(mel), noise, opts)
+    assert out["waveform"].shape == (1, 480 * frames + 16)
+    assert all(np.all(np.isfinite(np.asarray(out[k]))) for k in ("latent", "waveform"))
+
+
+def test_num_sampler_steps_follows_the_schedule_and_undefined_runs_fail_early(tiny):
+    import dataclasses
+
+    import jax
+
+    from audiosr_jax.pipeline import SamplingOptions, draw_noise, generate, item_keys, latent_shape, num_sampler_steps
+
+    w600 = dataclasses.replace(tiny, diffusion=DiffusionConfig("cosine", {}, 600, "eps"))
+    ddim6 = SamplingOptions(steps=6)
+    assert num_sampler_steps(ddim6) == num_sampler_steps(ddim6, tiny) == 7  # t = 1, 167, …, 997 for T = 1000
+    assert num_sampler_steps(ddim6, w600) == 6  # t = 1, 101, …, 501 for T = 600
+    for sampler in ("dpmpp_2m", "unipc", "euler", "heun"):
+        assert num_sampler_steps(SamplingOptions(steps=6, sampler=sampler), w600) == 6
+    # an ε-model on a DDIM grid that reaches ᾱ = 0 (T = 600, S = 300: t = 599) is refused while tracing
+    opts = SamplingOptions(steps=300)
+    noise = draw_noise(item_keys(0, [0], [0]), latent_shape(16, w600), num_sampler_steps(opts, w600))
+    with pytest.raises(ValueError, match="eps-prediction"):
+        generate(w600, jax.numpy.full((1, 16, 256), -5.0), noise, opts)

@@ -7,8 +7,9 @@ in the prediction, so classifier-free guidance on the model's output and on v ag
 
 Where a combination is undefined, `sample` raises ValueError before anything runs: an ε-model evaluated at a
 timestep with ᾱ = 0 (x₀ = (x_t − σ·ε)/√ᾱ). On zero-terminal-SNR schedules (cosine, *_zero_snr, sigmoid)
-every default grid avoids that point: DPM-Solver++/UniPC/Euler/Heun start at the largest t with ᾱ > 0 and DDIM
-at (S−1)·⌊T/S⌋ + 1 < T − 1, so ε-models sample fine there; only DDIM with S = T steps would visit ᾱ_{T−1} = 0.
+the grids avoid that point: DPM-Solver++/UniPC/Euler/Heun start at the largest t with ᾱ > 0, and the reference
+DDIM grid t = k·⌊T/S⌋ + 1 reaches T − 1 only when ⌊T/S⌋ divides T − 2 (for T = 1000: S ≥ 500), so ε-models
+sample fine at the usual step counts; those DDIM step counts are refused for them.
 (The model's own ε at ᾱ ≈ 0 is still a poor x₀ estimate, amplified by 1/√ᾱ; that is the ε-parameterisation's
 known weakness at zero terminal SNR, Lin et al. 2023, not a sampler matter.)
 """
