@@ -10,6 +10,7 @@ import optax
 import pytest
 
 from audiosr_jax.checkpoint import load_weights
+from audiosr_jax.diffusion.config import DiffusionConfig
 from audiosr_jax.errors import CheckpointError
 from audiosr_jax.pipeline import SamplingOptions, draw_noise, generate, item_keys, latent_shape, num_sampler_steps
 from audiosr_jax.training import state as st
@@ -17,6 +18,9 @@ from audiosr_jax.training.checkpoints import Checkpointer
 from audiosr_jax.training.export import _open_source, _scale_factor, export_weights, main
 
 SCALE = 0.5
+# the LDM run's diffusion settings (config.ldm), which the export must carry into the inference checkpoint
+LDM_DIFFUSION = {"schedule": "linear_zero_snr", "schedule_kwargs": {"end": 0.015}, "num_timesteps": 600,
+                 "parameterization": "eps"}
 
 
 def _host_all_finite(*trees):
@@ -66,7 +70,8 @@ def workdirs(tmp_path_factory, tiny):
     unet_raw = _perturb(p["unet"], 1e-2)
     unet_ema = _perturb(p["unet"], 1e-3)
     ldm = _write_workdir(root / "ldm", {"unet": unet_raw},
-                         {"stage": "ldm", "model": model, "ldm": {"scale_factor": SCALE, "vae_from": vae}},
+                         {"stage": "ldm", "model": model,
+                          "ldm": {"scale_factor": SCALE, "vae_from": vae, "weighting": "uniform", **LDM_DIFFUSION}},
                          ema_groups=("unet",), ema={"unet": unet_ema})
     return {"root": root, "vae": vae, "vocoder": voc, "ldm": ldm, "model": model, "p": p,
             "unet_raw": unet_raw, "unet_ema": unet_ema}
@@ -97,10 +102,11 @@ def test_export_workdirs_ema_and_runs(workdirs, tiny, tmp_path, caplog):
     _assert_tree_equal(loaded.params["unet"], workdirs["unet_ema"])
     _assert_tree_equal(loaded.params["vocoder"], _perturb(workdirs["p"]["vocoder"], 1e-3))
     assert "EMA" in loaded.source and "step 3" in loaded.source
+    assert loaded.diffusion == w.diffusion == DiffusionConfig.from_dict(LDM_DIFFUSION)
 
-    # a short condition through sampling, VAE decoding and the vocoder
+    # a short condition through sampling (an ε-model on its own schedule), VAE decoding and the vocoder
     opts, frames = SamplingOptions(steps=2), 32
-    noise = draw_noise(item_keys(0, [0], [0]), latent_shape(frames, loaded), num_sampler_steps(opts))
+    noise = draw_noise(item_keys(0, [0], [0]), latent_shape(frames, loaded), num_sampler_steps(opts, loaded))
     mel = np.random.default_rng(0).normal(-5.0, 1.0, (1, frames, 256)).astype(np.float32)
     out = generate(loaded, jax.numpy.asarray(mel), noise, opts)
     assert out["waveform"].shape == (1, 480 * frames + 16) and np.all(np.isfinite(np.asarray(out["waveform"])))
@@ -111,7 +117,8 @@ def test_no_ema_and_cli(workdirs, tmp_path, capsys):
     code = main(["--vae", workdirs["vae"], "--ldm", workdirs["ldm"], "--vocoder", workdirs["vocoder"],
                  "--out", str(out), "--no-ema"])
     assert code == 0, capsys.readouterr().err
-    assert "scale_factor=0.5" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "scale_factor=0.5" in printed and "linear_zero_snr" in printed and "eps-prediction" in printed
     loaded = load_weights(out)
     _assert_tree_equal(loaded.params["unet"], workdirs["unet_raw"])
     assert "raw" in loaded.source
@@ -131,13 +138,14 @@ def test_mixed_with_converted_dir(workdirs, tiny_checkpoint_dir, tiny, tmp_path,
     loaded = load_weights(out)
     _assert_tree_equal(loaded.params["vocoder"], tiny.params["vocoder"])
     _assert_tree_equal(loaded.params["vae"], tiny.params["vae"])
-    assert w.scale_factor == SCALE
+    assert w.scale_factor == SCALE and w.diffusion.parameterization == "eps"  # the UNet's, from the LDM run
 
     # all three from the converted directory, replacing that output: the same weights and scale factor
     d = tiny_checkpoint_dir
     assert main(["--vae", d, "--ldm", d, "--vocoder", d, "--out", str(out), "--overwrite"]) == 0
     again = load_weights(out)
     assert again.scale_factor == tiny.scale_factor and "converted" in again.source
+    assert again.diffusion == tiny.diffusion == DiffusionConfig()  # a converted directory's own (the release's)
     _assert_tree_equal(again.params, tiny.params)
 
 
@@ -190,6 +198,11 @@ def test_errors(workdirs, tmp_path, tiny, tiny_checkpoint_dir):
     ldm_conv = _write_workdir(tmp_path / "ldm_conv", dummy,
                               {"stage": "ldm", "model": model, "ldm": {"scale_factor": 0.0, "vae_from": conv_dir}})
     assert _scale_factor(_open_source(ldm_conv, "unet")) == pytest.approx(tiny.scale_factor)
+    # diffusion settings the inference pipeline cannot follow
+    ldm_diff = _write_workdir(tmp_path / "ldm_diff", dummy,
+                              {"stage": "ldm", "model": model,
+                               "ldm": {"scale_factor": SCALE, "vae_from": v, "parameterization": "score"}})
+    _one_line_error(lambda: export_weights(v, ldm_diff, g, out), ldm_diff, "diffusion settings", "score")
     ldm_none = _write_workdir(tmp_path / "ldm_none", dummy,
                               {"stage": "ldm", "model": model}, ema_groups=("unet",))
     _one_line_error(lambda: export_weights(v, ldm_none, g, out), ldm_none, "scale factor")
