@@ -253,7 +253,8 @@ def test_architecture_json_round_trip_of_diffusion_settings(tiny, tmp_path):
     setting = DiffusionConfig("scaled_linear_zero_snr", {"start": 0.001, "shift": 0.5}, 500, "eps")
     save_weights(dataclasses.replace(tiny, diffusion=setting), tmp_path / "w")
     arch = json.loads((tmp_path / "w" / "architecture.json").read_text())
-    assert arch["diffusion"] == {"schedule": "scaled_linear_zero_snr", "schedule_kwargs": {"shift": 0.5, "start": 0.001},
+    assert arch["diffusion"] == {"schedule": "scaled_linear_zero_snr",
+                                 "schedule_kwargs": {"shift": 0.5, "start": 0.001},
                                  "num_timesteps": 500, "parameterization": "eps"}
     assert load_weights(tmp_path / "w").diffusion == setting
     # a directory written before the field existed reads as the released model
