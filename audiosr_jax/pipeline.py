@@ -104,8 +104,8 @@ def _generate_body(params, scale_factor, lowpass_mel, noise: Noise, configs, opt
     uncond = jnp.full_like(cond, UNCONDITIONAL_LATENT)
 
     def model(x, t, c):
-        v = unet.apply({"params": params["unet"]}, jnp.concatenate([x, c * scale_factor], axis=-1), t)
-        return v.astype(jnp.float32)
+        pred = unet.apply({"params": params["unet"]}, jnp.concatenate([x, c * scale_factor], axis=-1), t)
+        return pred.astype(jnp.float32)
 
     denoise = classifier_free_guidance(model, cond, uncond, options.guidance)  # in the model's parameterisation
     latent = sampling.sample(options.sampler, denoise, noise.x_T, diffusion.alphas_cumprod(), options.steps,
