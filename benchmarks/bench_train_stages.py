@@ -60,10 +60,8 @@ from audiosr_jax.training.summary import compiled_flops  # noqa: E402
 STAGES = ("vae", "vocoder", "ldm")
 WIDTHS = ("tiny", "reduced", "full")
 SEGMENT = 491_520  # the corpus's 10.24 s segments at 48 kHz
-# Full width on a 24 GB host at batch 1: the presets' 5.12 s crops for the VAE and the LDM make programs
-# of several GB each (see the memory columns); these shorter crops keep every stage well inside it.
-# ``--crop`` overrides (a multiple of 3840 for the VAE, of 30,720 for the full LDM).
-FULL_CROP = {"vae": 61_440, "vocoder": 15_360, "ldm": 61_440}
+# Default crops are the presets' (full: 5.12 s for the VAE and the LDM, 0.32 s for the vocoder); at batch 1
+# every full-width step fits a 24 GB host (the largest, the VAE's, is ~11 GB: see the memory columns).
 
 
 # ---------------------------------------------------------------------------------------------------- peak
@@ -111,7 +109,7 @@ def stage_config(stage: str, width: str, batch: int | None, crop: int | None, dt
     if batch is None:
         batch = 1 if width == "full" else int(config.train.batch_size)
     if crop is None:
-        crop = FULL_CROP[stage] if width == "full" else int(config.data.crop_samples)
+        crop = int(config.data.crop_samples)
     config.train.batch_size = int(batch)
     config.data.crop_samples = int(crop)
     config.train.compute_dtype = dtype
@@ -249,7 +247,8 @@ def _bench(config, stage_name, width, *, run, steps, warmup, full_steps) -> dict
     abstract = jax.eval_shape(init_fn, key)
     state_sh = shd.named(mesh, state_specs(abstract, txs, rules, mesh))
     state = jax.jit(init_fn, out_shardings=state_sh)(key)
-    frozen_specs = {k: (shd.param_specs(v, rules, mesh) if isinstance(v, dict) else P()) for k, v in frozen_host.items()}
+    frozen_specs = {k: (shd.param_specs(v, rules, mesh) if isinstance(v, dict) else P())
+                    for k, v in frozen_host.items()}
     frozen_sh = shd.named(mesh, frozen_specs)
     frozen = jax.device_put(frozen_host, frozen_sh)
     batch = first_batch(config, mesh, rules)
@@ -366,8 +365,8 @@ def main(argv=None) -> dict:
     p.add_argument("--stages", default=",".join(STAGES), help="comma-separated: vae,vocoder,ldm")
     p.add_argument("--widths", default="tiny,full", help="comma-separated presets: tiny,reduced,full")
     p.add_argument("--batch", type=int, help="global batch (default: tiny/reduced = the preset's, full = 1)")
-    p.add_argument("--crop", type=int, help="crop in samples (default: the preset's; full: " +
-                   ", ".join(f"{k} {v}" for k, v in FULL_CROP.items()) + ")")
+    p.add_argument("--crop", type=int, help="crop in samples at 48 kHz (default: the preset's; a multiple of 3840 "
+                   "for the VAE, of 480 for the vocoder, of 30,720 for the full LDM)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="train.compute_dtype")
     p.add_argument("--no-run", action="store_true", help="compile and cost analysis only")
     p.add_argument("--steps", type=int, default=5, help="timed steps below full width (mean)")
@@ -397,9 +396,10 @@ def main(argv=None) -> dict:
     print(f"device: {info['device']} ({info['platform']}, {info['cpu_count']} cores, jax {info['jax']}), "
           f"load avg {info['loadavg_1m']:.2f}; fp32 peak {peak:.1f} GFLOP/s ({peak_src}); dtype {a.dtype}",
           flush=True)
-    crops = ", ".join(f"{s} {FULL_CROP[s]} samples ({FULL_CROP[s] / 48_000:.2f} s)" for s in stages)
-    if "full" in widths and a.crop is None:
-        print(f"full width: batch {a.batch or 1}, crops shortened to fit a 24 GB host: {crops}", flush=True)
+    if "full" in widths:
+        print(f"full width: batch {a.batch or 1}, crops "
+              + (f"{a.crop} samples" if a.crop else "as the presets (5.12 s VAE/LDM, 0.32 s vocoder; all fit 24 GB)"),
+              flush=True)
 
     results = []
     for w in widths:
