@@ -68,6 +68,21 @@ def _check_output_file(path: str, overwrite: bool) -> None:
         raise UserError(f"{path}: output directory {parent} does not exist")
 
 
+def _check_sampler_fits(args, weights) -> None:
+    """The sampler and step count against the model's own schedule and parameterisation (one-line UserError)."""
+    from audiosr_jax.diffusion import sampling
+    from audiosr_jax.errors import UserError
+
+    d = weights.diffusion
+    if args.steps > d.num_timesteps:
+        raise UserError(f"--steps {args.steps}: {args.checkpoint} was trained with {d.num_timesteps} timesteps")
+    try:
+        ts = sampling.network_timesteps(args.sampler, d.alphas_cumprod(), args.steps)
+        sampling.check_timesteps(d.parameterization, d.alphas_cumprod(), ts)
+    except ValueError as e:
+        raise UserError(f"--sampler {args.sampler} --steps {args.steps} with {args.checkpoint}: {e}") from None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from audiosr_jax.errors import UserError
@@ -106,6 +121,7 @@ def main(argv=None) -> int:
         devices = jax.local_devices()[: args.devices or None]
         mesh = Mesh(np.asarray(devices), ("data",))
         weights = load_weights(args.checkpoint, sharding=NamedSharding(mesh, P()))  # placed once, replicated
+        _check_sampler_fits(args, weights)
         cfg = BatchConfig(options=SamplingOptions(args.steps, args.guidance, args.eta, args.sampler, args.dtype),
                           seed=args.seed, batch_per_device=args.batch_size, max_channels=args.max_channels,
                           overwrite=args.overwrite or single, match_loudness=args.match_loudness)

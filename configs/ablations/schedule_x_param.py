@@ -4,7 +4,7 @@
 
 Question: does AudioSR's zero-terminal-SNR cosine schedule (with v-prediction) matter for super-resolution, and
 does ε-prediction cope with it? Schedules: the reference's unclipped cosine (ᾱ_T = 0), the iDDPM clipped cosine
-(β ≤ 0.999, terminal SNR > 0) and LDM's scaled-linear (terminal SNR 4.8e-3); parameterisations v and ε.
+(β ≤ 0.999, terminal SNR > 0) and LDM's scaled-linear (terminal SNR 1.4e-4 with this repo's 0.0015→0.0195 betas); parameterisations v and ε.
 Every cell: the same data order, the same frozen tiny VAE and vocoder, the same training budget; scored on the
 same held-out clips at 2/4/8/12 kHz with DDIM (η=1) and DPM-Solver++(2M) at several step counts.
 """
