@@ -131,8 +131,8 @@ def test_report_gathers_finished_cells(grid, tmp_path):
     rows = ablation.collect(grid, tmp_path)
     assert len(rows) == 2 * 5 * 5  # cells × settings × (4 cutoffs + all)
     md = ablation.write_report(grid, tmp_path, rows).read_text()
-    assert "schedule=cosine, parameterization=v" in md and "schedule=cosine_clipped, parameterization=eps" in md
-    assert "scaled_linear" not in md.split("## LSD (")[1]  # unfinished cells are not in the tables
+    assert "schedule=cosine, parameterization=v" in md and "schedule=scaled_linear, parameterization=eps" in md
+    assert "zero_snr" not in md.split("## LSD (")[1]  # unfinished cells are not in the tables
     all_row = next(r for r in rows if r["cell"] == cells[0]["name"] and r["cutoff_khz"] == "all")
     assert all_row["lsd"] == pytest.approx(1.0 + np.mean([0.2, 0.4, 0.8, 1.2]) + 0.01)
     assert f"{all_row['lsd']:.3f}" in md and "| low-passed input | 4.000 |" in md

@@ -2,9 +2,10 @@
 
   python ablate.py --grid=configs/ablations/schedule_x_param.py --workdir=out/ablations/schedule_x_param
 
-Question: does AudioSR's zero-terminal-SNR cosine schedule (with v-prediction) matter for super-resolution, and
-does ε-prediction cope with it? Schedules: the reference's unclipped cosine (ᾱ_T = 0), the iDDPM clipped cosine
-(β ≤ 0.999, terminal SNR > 0) and LDM's scaled-linear (terminal SNR 1.4e-4 with this repo's 0.0015→0.0195 betas); parameterisations v and ε.
+Question: does zero terminal SNR matter for super-resolution, and does ε-prediction cope with it? Schedules:
+the reference's unclipped cosine (ᾱ_T = 0), LDM/AudioLDM's scaled-linear (β 0.0015→0.0195, terminal SNR
+1.4e-4: 1.2 % of the signal's amplitude is left at t = T) and the same scaled-linear rescaled to zero terminal SNR
+(Lin et al. 2023); the last two differ only in terminal SNR. Parameterisations v and ε.
 Every cell: the same data order, the same frozen tiny VAE and vocoder, the same training budget; scored on the
 same held-out clips at 2/4/8/12 kHz with DDIM (η=1) and DPM-Solver++(2M) at several step counts.
 """
@@ -26,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
                  data=dict(seed=0)),
     ))
     # (dotted config key, values): the cells are the product of the axes, times the seeds
-    c.axes = (("ldm.schedule", ("cosine", "cosine_clipped", "scaled_linear")), ("ldm.parameterization", ("v", "eps")))
+    c.axes = (("ldm.schedule", ("cosine", "scaled_linear", "scaled_linear_zero_snr")), ("ldm.parameterization", ("v", "eps")))
     c.seeds = [0]
     c.eval = ml_collections.ConfigDict(dict(
         cutoffs_hz=[2000, 4000, 8000, 12000], clips=6, guidance=3.5, seed=0,
