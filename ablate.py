@@ -14,7 +14,10 @@ _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "only gather finished cel
 
 def _main(argv):
     del argv
+    import logging
     import os
+
+    logging.getLogger("absl").setLevel(logging.ERROR)
 
     from audiosr_jax import ablation
     from audiosr_jax.sample_cli import _enable_compilation_cache

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -123,6 +124,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's read-only notices while reading trained stages
+    from audiosr_jax.sample_cli import _enable_compilation_cache
+
+    _enable_compilation_cache()
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -108,7 +108,7 @@ def test_grid_cells_are_a_product_with_valid_overrides(grid, tmp_path):
         ac = make_alphas_cumprod(cfg.ldm.schedule, cfg.ldm.num_timesteps, **dict(cfg.ldm.schedule_kwargs))
         assert np.all(np.diff(ac) <= 0)
     keys = [s["key"] for s in ablation.eval_settings(grid)]
-    assert len(keys) == len(set(keys)) == 5
+    assert len(keys) == len(set(keys)) == 4
 
 
 def _fake_results(grid, cell, workdir, offset):
@@ -129,7 +129,7 @@ def test_report_gathers_finished_cells(grid, tmp_path):
     _fake_results(grid, cells[0], tmp_path, 1.0)
     _fake_results(grid, cells[3], tmp_path, 2.0)
     rows = ablation.collect(grid, tmp_path)
-    assert len(rows) == 2 * 5 * 5  # cells × settings × (4 cutoffs + all)
+    assert len(rows) == 2 * 4 * 5  # cells × settings × (4 cutoffs + all)
     md = ablation.write_report(grid, tmp_path, rows).read_text()
     assert "schedule=cosine, parameterization=v" in md and "schedule=scaled_linear, parameterization=eps" in md
     assert "zero_snr" not in md.split("## LSD (")[1]  # unfinished cells are not in the tables

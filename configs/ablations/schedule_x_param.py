@@ -19,18 +19,18 @@ def get_config() -> ml_collections.ConfigDict:
     c.description = ("LDM noise schedule × parameterisation at tiny width on the offline corpus (frozen demo "
                      "VAE and vocoder).")
     c.base = ml_collections.ConfigDict(dict(
-        workdir="",          # a finished demo workdir to take the dataset, VAE and vocoder from ("" = build here)
+        workdir="out/demo",  # the demo's workdir: its dataset, VAE and vocoder (trained there by its recipe if missing)
         corpus="",           # an existing corpus folder ("" = build one with data/build_corpus.py)
         cache="out/corpus_cache", minutes=20.0,
         # LDM training shared by every cell (the demo's recipe)
-        ldm=dict(train=dict(total_steps=500, batch_size=4, eval_batch_size=4, eval_every=250, save_every=100),
+        ldm=dict(train=dict(total_steps=400, batch_size=4, eval_batch_size=4, eval_every=250, save_every=100),
                  data=dict(seed=0)),
     ))
     # (dotted config key, values): the cells are the product of the axes, times the seeds
     c.axes = (("ldm.schedule", ("cosine", "scaled_linear", "scaled_linear_zero_snr")), ("ldm.parameterization", ("v", "eps")))
     c.seeds = [0]
     c.eval = ml_collections.ConfigDict(dict(
-        cutoffs_hz=[2000, 4000, 8000, 12000], clips=6, guidance=3.5, seed=0,
-        samplers=[dict(sampler="ddim", eta=1.0, steps=[10, 25, 50]), dict(sampler="dpmpp_2m", eta=0.0, steps=[10, 25])],
+        cutoffs_hz=[2000, 4000, 8000, 12000], clips=4, guidance=3.5, seed=0,
+        samplers=[dict(sampler="ddim", eta=1.0, steps=[10, 25, 50]), dict(sampler="dpmpp_2m", eta=0.0, steps=[10])],
     ))
     return c
