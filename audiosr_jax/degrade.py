@@ -16,7 +16,11 @@ filter, so that one model learns every input bandwidth (AUDIOSR.md §1.2, TRAINI
   as ``A(f)²`` (:func:`band_limit_response`), plus the power folded from the mirror frequency around the
   cutoff (:func:`chain_response`). The gain is computed on the host in float64 (:func:`chain_response`)
   or on device in float32 from the SOS coefficients (:func:`response_params` +
-  :func:`chain_response_on_device`, within 0.01 dB of the host one above -60 dB).
+  :func:`chain_response_on_device`, within 0.01 dB of the host one above -60 dB);
+* **STFT-domain condition** (:func:`log_mels_with_condition`, ``data.lowpass = "device_stft"``): the
+  training step needs only the low-passed *mel*, and it takes the clean waveform's STFT for the target
+  mel anyway; the same gain at the 1025 STFT bins times that magnitude STFT gives the condition mel with
+  no extra FFT (no length-N rfft/irfft, no second STFT). Accuracy: see that function.
 
 Design notes (filter designs are ``lowpass._design``, the reference's):
 
@@ -52,6 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import signal
 
+from audiosr_jax import audio
 from audiosr_jax.lowpass import _design, lowpass_filter
 
 FAMILIES = ("butter", "cheby1", "cheby2", "ellip", "bessel")
@@ -371,3 +376,94 @@ def chain_response_on_device(params: dict, n: int, sr: int = 48000) -> jnp.ndarr
 def degrade_on_device(x: jnp.ndarray, params: dict, sr: int = 48000) -> jnp.ndarray:
     """:func:`lowpass_on_device` with the gain from :func:`chain_response_on_device`: x [B, N] -> [B, N]."""
     return lowpass_on_device(x, chain_response_on_device(params, x.shape[-1], sr))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# STFT-domain condition: the low-passed *mel* from the clean waveform's STFT (no extra FFT)
+# ----------------------------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames=("sr",))
+def stft_gain(params: dict, sr: int = 48000) -> jnp.ndarray:
+    """The chain gain (:func:`chain_response_on_device`) at the 1025 bins of the mel front-end's 2048-point
+    STFT (bin k at ``k · sr / 2048`` Hz). Args: ``params`` from :func:`response_params` (batch B).
+    Returns: float32 [B, 1025]."""
+    return chain_response_on_device(params, audio.N_FFT, sr)
+
+
+def _cond_log_mel(mag: jnp.ndarray, gain: jnp.ndarray, project) -> jnp.ndarray:
+    # mag [..., T, 1025] · gain [..., 1025] -> log-mel [..., T, 256]
+    return audio._log_mel_from(mag * gain[..., None, :], project)[0]
+
+
+@functools.partial(jax.jit, static_argnames=("sr",))
+def lowpassed_log_mel_from_stft(mag: jnp.ndarray, params: dict, sr: int = 48000) -> jnp.ndarray:
+    """Log-mel of the low-passed waveform, from the clean waveform's |STFT| and the filter parameters.
+
+    ``log(clip(mel_fb @ (|STFT(x)| · G), 1e-5))`` with ``G`` = :func:`stft_gain` (the same zero-phase chain
+    gain as :func:`degrade_on_device`, per example). See :func:`log_mels_with_condition` for why this is
+    close to ``log_mel_spectrogram(degrade_on_device(x, params))`` and the measured error.
+
+    Args:
+      mag: [B, T, 1025] float32, ``audio.stft_magnitude`` of the clean (normalised) waveforms.
+      params: :func:`response_params` of the B examples.
+    Returns: float32 [B, T, 256].
+    """
+    gain = stft_gain(params, sr)
+    mag = jnp.asarray(mag, jnp.float32)
+    return jax.lax.platform_dependent(
+        mag, gain,
+        cpu=lambda m, g: jax.lax.map(lambda a: _cond_log_mel(a[0], a[1], audio._mel_banded), (m, g)),
+        default=lambda m, g: _cond_log_mel(m, g, audio._mel_dense),
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("sr",))
+def log_mels_with_condition(wave: jnp.ndarray, params: dict, sr: int = 48000) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Target and low-pass condition log-mels from ONE STFT: ``(log_mel(x), ≈ log_mel(lowpass(x)))``.
+
+    The target is ``audio.log_mel_spectrogram(wave)[0]``. The condition multiplies the clean magnitude
+    STFT by the chain gain ``G(f_k)`` (:func:`stft_gain`, the gain :func:`degrade_on_device` applies to the
+    whole clip's rfft, here at the 1025 STFT bins) before the mel projection, instead of filtering the
+    waveform (a length-N rfft/irfft) and taking a second STFT.
+
+    Why it is close: the chain is a zero-phase linear filter ``g`` (plus the band limit's mirrored power,
+    which ``G`` already folds in). For a frame ``w·x`` of the 2048-point Hann window, ``STFT(g * x)`` at
+    bin k is ``Σ_f X(f) G(f) W(f_k − f)``; where ``G`` is flat across the window's main lobe (±2 bins =
+    ±47 Hz) this is ``G(f_k) · STFT(x)_k`` — i.e. when the filter's impulse response is short against the
+    2048-sample window. It deviates only within a few bins of a steep transition (sharp, low-cutoff
+    filters: a tonal partial's leakage into a neighbouring bin is weighted by ``G`` at that bin instead of
+    at the partial) and in the deep stop band, where the true STFT holds the Hann window's side-lobe
+    leakage from the pass band that ``G(f_k)·|X_k|`` attenuates with the filter (both far down, at the log
+    floor in the tests). No circular wrap-around and no clip-edge transient either (each frame is filtered
+    on its own, as if the clip extended by reflection).
+
+    Measured against the host scipy chain (``tests/test_degrade_stft.py``: the 6 real clips of the corpus
+    slice + white noise, 5 families, orders 2–10, cutoffs 2–15 kHz; per log-mel element, in dB), side by
+    side with the waveform device path (``log_mel_spectrogram(degrade_on_device(...))``):
+
+    * pass band (mel filters where the chain gain is >= -1 dB): mean |error| <= 0.06 dB, 99th percentile
+      <= 0.42 dB (waveform path: 0.03 / 0.14 dB); largest for bessel-10 and cheby2 at 2 kHz;
+    * stop band (>= 1.25·cutoff): both paths at the log floor (>= 99 % of the elements >= 40 dB down);
+    * around the cutoff both differ from the host path, which has the mirrored (aliased) energy of the
+      band limit; the STFT path by up to 1.9 dB more on average than the waveform path, for the steepest
+      gains at low cutoffs (ellip-10, cheby2 at 2 kHz).
+
+    Args:
+      wave: [B, N] float32 normalised 48 kHz waveforms (N a multiple of 480).
+      params: :func:`response_params` of the B examples (the loader's ``lowpass_params``).
+    Returns: ``(target, condition)``, float32 [B, N // 480, 256] each.
+    """
+    wave = jnp.asarray(wave, jnp.float32)
+    gain = stft_gain(params, sr)
+
+    def both(x, g, project):
+        mag = audio._stft_mag_frames(x)
+        return audio._log_mel_from(mag, project)[0], _cond_log_mel(mag, g, project)
+
+    # CPU: per example (lax.map), its frames/spectra stay in cache (as audio.log_mel_spectrogram)
+    return jax.lax.platform_dependent(
+        wave, gain,
+        cpu=lambda w, g: jax.lax.map(lambda a: both(a[0], a[1], audio._mel_banded), (w, g)),
+        default=lambda w, g: both(w, g, audio._mel_dense),
+    )
