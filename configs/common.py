@@ -30,6 +30,9 @@ def base(stage: str, preset: str) -> ml_collections.ConfigDict:
         save_every=1000, keep_checkpoints=3, async_checkpoints=True,
         max_consecutive_nonfinite=20, init_from="",
     ))
+    # data.lowpass: "host" (scipy chain in the loader), "device" (the loader ships filter parameters, the step
+    # filters the waveform in the frequency domain), "device_stft" (same parameters; the LDM step applies the
+    # gain to the target's STFT: no extra FFT, the cheapest), "none" (VAE / vocoder)
     c.data = ml_collections.ConfigDict(dict(
         dataset_dir="", crop_samples=245_760, seed=0, worker_count=0, lowpass="host",
         degrade=dict(families=["butter", "cheby1", "cheby2", "ellip", "bessel"], min_order=2, max_order=10,

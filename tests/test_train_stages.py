@@ -243,3 +243,44 @@ def test_vocoder_training_loop_two_steps(tmp_path):
     assert last["step"] == 2 and np.isfinite(last["loss"]) and np.isfinite(last["eval/mel_l1"])
     assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
     assert (tmp_path / "run" / "checkpoints" / "2").is_dir()
+
+
+# ------------------------------------------------------------------------------------------------------ LDM
+
+
+def test_ldm_step_with_stft_domain_lowpass():
+    """data.lowpass = "device_stft": the step takes the loader's lowpass_params, gets both mels from one STFT
+    (targets identical to the "device" mode's), and one step is finite and updates the UNet."""
+    from audiosr_jax.degrade import LowpassSpec, response_params
+    from audiosr_jax.models.vae import AutoencoderKL
+    from audiosr_jax.training.ldm import LDMStage, pair_log_mels
+    from audiosr_jax.training.stages import architectures
+    from configs import ldm as ldm_config
+
+    c = ldm_config.get_config("tiny")
+    c.mesh = (("data", 1), ("fsdp", 1), ("tensor", 1))
+    c.data.lowpass = "device_stft"
+    c.optim.warmup_steps = 0
+    c.model.vae.ch_mult = [1, 1]  # one downsample
+    c.model.unet.update(channel_mult=[1], attention_resolutions=[])  # one level, no attention: compiles fastest
+    n = 3_840
+    vae_cfg, unet_cfg, _ = architectures(c.model)
+    stage = LDMStage(c, vae_cfg, unet_cfg)
+    assert stage.stft_lowpass
+    batch = dict(_batch(n), lowpass_params=response_params([LowpassSpec("ellip", 8, 4000.0),
+                                                            LowpassSpec("butter", 4, 11000.0)]))
+    stft_mels = np.asarray(pair_log_mels(batch, stft_lowpass=True))
+    wave_mels = np.asarray(pair_log_mels(batch))  # the "device" mode
+    np.testing.assert_array_equal(stft_mels[:B], wave_mels[:B])
+    np.testing.assert_allclose(stft_mels[B:, 2:-2, :60], wave_mels[B:, 2:-2, :60], atol=0.05)  # well below 4 kHz
+    with pytest.raises(ValueError, match="lowpass_params"):
+        pair_log_mels({"audio": batch["audio"]}, stft_lowpass=True)
+
+    vae_params = jax.jit(lambda k: AutoencoderKL(vae_cfg).init(k, jnp.zeros((1, 8, 256, 1)))["params"])(
+        jax.random.PRNGKey(1))
+    frozen = {"vae": vae_params, "scale_factor": np.float32(0.5)}
+    txs = make_optimizers(c, stage.groups)
+    state0 = jax.jit(lambda k: st.create_state(stage.init(k, (B, n)), txs, stage.ema_groups))(jax.random.PRNGKey(0))
+    state, m = jax.jit(partial(stage.train_step, txs=txs))(state0, frozen, batch)
+    _all_finite_metrics(jax.device_get(m))
+    assert _changed(state.params["unet"], state0.params["unet"])

@@ -54,7 +54,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from audiosr_jax import degrade as D
 
-LOWPASS_MODES = ("host", "device", "none")
+LOWPASS_MODES = ("host", "device", "device_stft", "none")
 _CROP_TAG = 1  # distinguishes the crop's random stream from draw_spec's default_rng([seed, epoch, index])
 
 
@@ -66,7 +66,8 @@ class LoaderConfig:
     (<= the segment length). ``num_epochs``: None repeats forever. ``worker_count``: grain worker processes
     (0 = in-process threads only). ``lowpass``: "host" (scipy chain in the loader: key ``lowpass``),
     "device" (filter parameters only, key ``lowpass_params``, for ``degrade.degrade_on_device`` in the
-    step) or "none". ``degrade``: ``DegradeConfig.to_dict()``. ``min_valid_fraction``: see the module doc.
+    step), "device_stft" (the same ``lowpass_params``; the LDM step applies the gain to the target's STFT,
+    ``degrade.log_mels_with_condition``) or "none". ``degrade``: ``DegradeConfig.to_dict()``. ``min_valid_fraction``: see the module doc.
     ``read_threads`` / ``prefetch_buffer``: grain's in-process ReadOptions (threads mapping elements, and
     how many elements they may run ahead); ``worker_buffer``: elements buffered per worker process.
     """
@@ -158,7 +159,7 @@ class _Example:
         if cfg.lowpass == "host":
             low, spec = D.make_pair(x, dcfg, cfg.seed, epoch, index)
             out["lowpass"] = low
-        elif cfg.lowpass == "device":
+        elif cfg.lowpass in ("device", "device_stft"):  # the same batch; they differ in the step only
             spec = D.draw_spec(dcfg, cfg.seed, epoch, index)
             out["lowpass_params"] = _device_params(spec, dcfg.sample_rate)
         else:
@@ -178,7 +179,7 @@ class Loader:
     """Iterator of global batches (see :func:`make_loader`). ``next(loader)`` -> dict of global jax.Arrays:
 
     * ``audio`` float32 [B, crop] in [-1, 1); ``lowpass`` float32 [B, crop] (lowpass="host");
-    * ``lowpass_params`` {sos [B, 5, 6], fc [B], t_win [B], fs_down [B]} (lowpass="device");
+    * ``lowpass_params`` {sos [B, 5, 6], fc [B], t_win [B], fs_down [B]} (lowpass="device" or "device_stft");
     * ``cutoff_hz`` float32 [B] (sr/2 for lowpass="none"); ``index`` int32 [B] (record index);
       ``epoch`` int32 [B].
 

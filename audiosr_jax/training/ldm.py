@@ -1,7 +1,8 @@
 """Stage ``ldm``: the latent diffusion UNet on the frozen VAE's scaled latents.
 
 Per example (48 kHz waveform crops from the loader): normalise as the reference does (remove the mean,
-peak 0.5), low-pass (host pair from the loader, or the filter applied on device), log-mel both, encode
+peak 0.5), low-pass (host pair from the loader, or the filter applied on device), log-mel both (with
+``data.lowpass = "device_stft"``: both mels from one STFT, the filter's gain applied to it), encode
 both with the frozen VAE (posterior *samples*, as AudioSR), scale by ``scale_factor``; with probability
 ``cfg_drop_prob`` (once per batch as the reference, or per example) the condition becomes the constant
 −11.4981 latent; t ~ U{0..T−1}; loss = the configured objective (AudioSR: MSE on v, cosine schedule with
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from audiosr_jax import audio
-from audiosr_jax.degrade import degrade_on_device
+from audiosr_jax.degrade import degrade_on_device, log_mels_with_condition
 from audiosr_jax.diffusion import objectives
 from audiosr_jax.diffusion.schedules import make_alphas_cumprod
 from audiosr_jax.models.unet import UNetConfig, UNetModel
@@ -46,6 +47,28 @@ def lowpassed(batch: dict, wave: jax.Array, low: jax.Array | None) -> jax.Array:
     raise ValueError("batch has neither 'lowpass' nor 'lowpass_params': set data.lowpass to host or device")
 
 
+def pair_log_mels(batch: dict, stft_lowpass: bool = False) -> jax.Array:
+    """Log-mels of the normalised target and its low-passed condition: [2B, T, 256] (targets first).
+
+    ``stft_lowpass`` (``data.lowpass = "device_stft"``): both from one STFT of the normalised waveform,
+    the condition as ``|STFT| · G(f_k)`` (:func:`audiosr_jax.degrade.log_mels_with_condition`). The
+    waveform is normalised *before* the STFT, so the condition is the filter's gain on exactly what
+    ``"device"`` filters (scaling a raw STFT instead would not do: the mean is not only DC there, the Hann
+    window spreads it to bin 1 = 23.4 Hz, inside the first mel filter). Otherwise: one batched
+    ``log_mel_spectrogram`` of ``concat([target, lowpassed])``.
+    """
+    if stft_lowpass:
+        if "lowpass_params" not in batch:
+            raise ValueError("data.lowpass='device_stft' needs the batch's 'lowpass_params' (the loader ships "
+                             "them in this mode)")
+        wave, _ = normalize_pair(batch["audio"], None)
+        target, cond = log_mels_with_condition(wave, batch["lowpass_params"])
+        return jnp.concatenate([target, cond], axis=0)
+    wave, low = normalize_pair(batch["audio"], batch.get("lowpass"))
+    low = lowpassed(batch, wave, low)
+    return audio.log_mel_spectrogram(jnp.concatenate([wave, low], axis=0))[0]
+
+
 class LDMStage:
     """The LDM stage: ``init`` -> trained params {"unet"}; ``train_step`` and ``eval_step`` are pure."""
 
@@ -68,6 +91,8 @@ class LDMStage:
         self.alphas_cumprod = np.asarray(make_alphas_cumprod(c.schedule, int(c.num_timesteps), **kwargs), np.float32)
         self.grad_accum = int(config.train.get("grad_accum", 1))
         self.ema_decay = float(c.ema_decay)
+        data = config.get("data") or {}
+        self.stft_lowpass = str(data.get("lowpass", "host")) == "device_stft"
 
     def init(self, key: jax.Array, batch_shape: tuple[int, int]) -> dict:
         """Fresh UNet params for crops of ``batch_shape`` = (B, N samples)."""
@@ -78,13 +103,11 @@ class LDMStage:
 
     def latents(self, vae_params, batch: dict, key: jax.Array, scale_factor) -> tuple[jax.Array, jax.Array]:
         """(z [B, T/8, 32, C] scaled target latent, cond [B, T/8, 32, C] unscaled condition latent)."""
-        wave, low = normalize_pair(batch["audio"], batch.get("lowpass"))
-        low = lowpassed(batch, wave, low)
-        mels = audio.log_mel_spectrogram(jnp.concatenate([wave, low], axis=0))[0][..., None]
+        mels = pair_log_mels(batch, self.stft_lowpass)[..., None]
         mean, logvar = self.vae.apply({"params": vae_params}, mels, method=AutoencoderKL.encode)
         z = posterior_sample(mean, logvar, jax.random.normal(key, mean.shape))
         z = jax.lax.stop_gradient(z)
-        b = wave.shape[0]
+        b = batch["audio"].shape[0]
         return z[:b] * scale_factor, z[b:]
 
     def measure_scale_factor(self, vae_params, batch: dict, key: jax.Array) -> jax.Array:
