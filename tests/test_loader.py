@@ -70,7 +70,7 @@ def _assert_batches_equal(a, b):
 # ----------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("lowpass", ["host", "device", "none"])
+@pytest.mark.parametrize("lowpass", ["host", "device", "device_stft", "none"])
 def test_shapes_dtypes_sharding_mesh8(mesh8, lowpass):
     src = _source(16)
     batch = next(make_loader(src, _cfg(lowpass=lowpass), mesh8))
@@ -78,7 +78,7 @@ def test_shapes_dtypes_sharding_mesh8(mesh8, lowpass):
             "epoch": ((8,), jnp.int32)}
     if lowpass == "host":
         want["lowpass"] = ((8, CROP), jnp.float32)
-    if lowpass == "device":
+    if lowpass in ("device", "device_stft"):
         want["lowpass_params"] = {"sos": ((8, 5, 6), jnp.float32), "fc": ((8,), jnp.float32),
                                   "t_win": ((8,), jnp.float32), "fs_down": ((8,), jnp.float32)}
     assert jax.tree.map(lambda a: (a.shape, a.dtype), batch) == want
@@ -130,6 +130,13 @@ def test_empty_source_and_long_crop_raise(mesh8):
 # ----------------------------------------------------------------------------------------------------------
 # determinism, epochs, hosts, crops
 # ----------------------------------------------------------------------------------------------------------
+
+
+def test_device_stft_batches_equal_device_batches(mesh8):
+    # the two modes differ only in the training step (degrade.log_mels_with_condition vs degrade_on_device)
+    src = _source(16)
+    _assert_batches_equal(_take(make_loader(src, _cfg(lowpass="device"), mesh8), 2),
+                          _take(make_loader(src, _cfg(lowpass="device_stft"), mesh8), 2))
 
 
 def test_deterministic_per_seed(mesh8):
