@@ -14,7 +14,11 @@ training step consumes) per wall second.
     1. decode + crop: ``source[i]`` (ArrayRecord read + TFDS bytes -> int16) + random crop + int16 -> float;
     2. host low-pass (``degrade.draw_spec`` + ``apply_lowpass``, scipy) + log-mel (jitted JAX on CPU);
     3. device low-pass (``degrade.response_params`` on the host + one jitted ``degrade_on_device`` +
-       ``log_mel_spectrogram`` on CPU), with the host filter design and the jitted call shown apart.
+       ``log_mel_spectrogram`` on CPU), with the host filter design and the jitted call shown apart;
+    4. STFT-domain low-pass + mel (``data.lowpass = "device_stft"``: ``degrade.log_mels_with_condition``,
+       target and condition mels from ONE STFT), as the marginal cost of the condition over the target
+       log-mel (both timed here on the same batches) and as the total for both mels; the filter design is
+       shown uncached (as in 3) and as the loader runs it (``loader._device_params``, an lru cache, warm).
   Goal: >= 1000x real time per core for low-pass + mel.
 * ``loader`` runs in a child process on all visible cores with 8 fake CPU devices: ``make_loader`` batches/s
   and audio-seconds/s into a mesh (8,) for lowpass in {device, host} and each ``--workers`` count; the
@@ -85,7 +89,7 @@ def run_stages(args) -> None:
 
     from audiosr_jax import degrade as D
     from audiosr_jax.audio import log_mel_spectrogram
-    from audiosr_jax.data.loader import crop_offset
+    from audiosr_jax.data.loader import _device_params, crop_offset
 
     src, desc = _source(args)
     cores = len(os.sched_getaffinity(0))
@@ -116,9 +120,19 @@ def run_stages(args) -> None:
     def device_step(x, params):
         return log_mel_spectrogram(D.degrade_on_device(x, params))[0]
 
+    @jax.jit
+    def stft_step(x, params):
+        return D.log_mels_with_condition(x, params)
+
+    @jax.jit
+    def target_step(x):
+        return log_mel_spectrogram(x)[0]
+
     specs = [D.draw_spec(cfg, 0, 0, i) for i in range(n_ex)]
     jax.block_until_ready(log_mel_spectrogram(crops[batches[0]]))
-    jax.block_until_ready(device_step(crops[batches[0]], D.response_params([specs[i] for i in batches[0]])))
+    p0 = D.response_params([specs[i] for i in batches[0]])
+    jax.block_until_ready((device_step(crops[batches[0]], p0), stft_step(crops[batches[0]], p0),
+                           target_step(crops[batches[0]])))
 
     # 2. host low-pass (on the first --host-examples crops: it is slow) + mel (best of --repeats passes)
     host_batches = batches[: max(1, args.host_examples // bsz)]
@@ -139,6 +153,23 @@ def run_stages(args) -> None:
     t_dev = min(_timed(lambda: [jax.block_until_ready(device_step(crops[b], p)) for b, p in zip(batches, params)])
                 for _ in range(args.repeats))
 
+    # 4. STFT-domain: both mels from one STFT, against the target mel alone on the same batches (passes
+    # interleaved, best of --repeats each, so that load from other processes hits both alike)
+    t_both, t_target = [], []
+    for _ in range(args.repeats):
+        t_target.append(_timed(lambda: [jax.block_until_ready(target_step(crops[b])) for b in batches]))
+        t_both.append(_timed(lambda: [jax.block_until_ready(stft_step(crops[b], p)) for b, p in zip(batches, params)]))
+    t_both, t_target = min(t_both), min(t_target)
+    t_cond = max(t_both - t_target, 0.0)
+
+    def cached_design():
+        for b in batches:
+            rows = [_device_params(specs[i], SR) for i in b]
+            {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+    cached_design()  # warm the loader's cache (each spec once, as the first epoch over a dataset does)
+    t_cached = min(_timed(cached_design) for _ in range(args.repeats))
+
     print(f"# stages: {desc}")
     print(f"# {n_ex} crops ({len(host_batches) * bsz} through scipy) of {crop} samples ({crop / SR:.2f} s), batch {bsz}, cutoff step {args.cutoff_step} Hz, "
           f"{cores} core(s) (affinity {sorted(os.sched_getaffinity(0))}), XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
@@ -151,6 +182,16 @@ def run_stages(args) -> None:
     _row("3. device low-pass + mel (JAX CPU)", t_design + t_dev, audio_b, cores)
     _row("   of which filter design (response_params)", t_design, audio_b, cores)
     _row("   of which jitted degrade_on_device + mel", t_dev, audio_b, cores)
+    _row("4. STFT-domain low-pass + mel (marginal)", t_design + t_cond, audio_b, cores)
+    _row("   of which filter design (response_params)", t_design, audio_b, cores)
+    _row("   of which jitted: both mels - target mel", t_cond, audio_b, cores)
+    _row("   with the loader's cached design (warm)", t_cached + t_cond, audio_b, cores)
+    _row("   target log-mel alone (same batches)", t_target, audio_b, cores)
+    _row("   both mels, one STFT (jitted)", t_both, audio_b, cores)
+    _row("   both mels + filter design", t_design + t_both, audio_b, cores)
+    _row("   both mels + cached design (warm)", t_cached + t_both, audio_b, cores)
+    _row("   vs 3: target mel + design + degrade + mel", t_target + t_design + t_dev, audio_b, cores)
+    _row("   vs 3: the same with the cached design", t_target + t_cached + t_dev, audio_b, cores)
     seg = np.asarray(src[0]["audio"]).shape[-1]
     print(f"# decode reads whole {seg / SR:.2f} s segments for {crop / SR:.2f} s crops: "
           f"{n_ex * seg / SR / t_decode / cores:.0f} segment-audio-s/s per core")
@@ -211,7 +252,7 @@ def main() -> None:
     ap.add_argument("--cutoff-step", type=int, default=1, help="DegradeConfig.cutoff_step_hz (1 = exact)")
     ap.add_argument("--loader-batches", type=int, default=10)
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
-    ap.add_argument("--lowpass", nargs="+", default=["device", "host"], choices=["device", "host", "none"])
+    ap.add_argument("--lowpass", nargs="+", default=["device", "host"], choices=["device", "device_stft", "host", "none"])
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
