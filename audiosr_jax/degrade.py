@@ -456,14 +456,15 @@ def log_mels_with_condition(wave: jnp.ndarray, params: dict, sr: int = 48000) ->
     """
     wave = jnp.asarray(wave, jnp.float32)
     gain = stft_gain(params, sr)
-
-    def both(x, g, project):
-        mag = audio._stft_mag_frames(x)
-        return audio._log_mel_from(mag, project)[0], _cond_log_mel(mag, g, project)
-
     # CPU: per example (lax.map), its frames/spectra stay in cache (as audio.log_mel_spectrogram)
     return jax.lax.platform_dependent(
         wave, gain,
-        cpu=lambda w, g: jax.lax.map(lambda a: both(a[0], a[1], audio._mel_banded), (w, g)),
-        default=lambda w, g: both(w, g, audio._mel_dense),
+        cpu=lambda w, g: jax.lax.map(lambda a: _target_and_condition(a[0], a[1], audio._mel_banded), (w, g)),
+        default=lambda w, g: _target_and_condition(w, g, audio._mel_dense),
     )
+
+
+def _target_and_condition(wave, gain, project):
+    # wave [..., N], gain [..., 1025] -> (target, condition) log-mels [..., N // 480, 256], one STFT
+    mag = audio._stft_mag_frames(wave)
+    return audio._log_mel_from(mag, project)[0], _cond_log_mel(mag, gain, project)

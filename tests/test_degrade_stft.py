@@ -145,3 +145,17 @@ def test_target_is_the_log_mel_and_condition_is_the_gain_on_its_stft():
     fmax = np.array([np.flatnonzero(r)[-1] for r in A.mel_filterbank() > 0]) * SR / 2048
     low = fmax < 15000
     np.testing.assert_allclose(c2[..., low], t2[..., low], atol=5e-3)  # 0.04 dB
+
+
+def test_cpu_per_example_form_equals_the_batched_accelerator_form():
+    # on CPU log_mels_with_condition maps over examples with the banded projection; accelerators run the
+    # batched form with the dense one
+    rng = np.random.default_rng(2)
+    x = (0.2 * rng.standard_normal((3, 4800))).astype(np.float32)
+    params = D.response_params([D.LowpassSpec("cheby1", 5, 3000.0), D.LowpassSpec("bessel", 8, 7000.0),
+                                D.LowpassSpec("ellip", 10, 14000.0)])
+    got = D.log_mels_with_condition(x, params)
+    ref = jax.jit(lambda w, g: D._target_and_condition(w, g, A._mel_dense))(x, D.stft_gain(params))
+    for a, b in zip(got, ref):
+        assert a.shape == b.shape == (3, 10, 256)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=2e-5)
