@@ -289,7 +289,7 @@ def _bench(config, stage_name, width, *, run, steps, warmup, full_steps) -> dict
         w = 0 if width == "full" else max(0, int(warmup))
         if w:
             _, state, _ = _timed_steps(compiled, state, frozen, batch, w)
-        vae_pre = stage_name == "vae" and out["disc_start"] is not None and out["disc_start"] > int(state.step)
+        vae_pre = stage_name == "vae" and out["disc_start"] is not None and out["disc_start"] >= int(state.step) + n
         dt, state, metrics = _timed_steps(compiled, state, frozen, batch, n)
         out["loss"] = float(metrics["loss"])
         out["finite"] = bool(metrics["finite"])
