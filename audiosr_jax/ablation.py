@@ -222,11 +222,41 @@ def write_report(grid: Any, workdir: Path, rows: list[dict]) -> Path:
                      and r["setting"] == last]
                 cellv.append(_fmt(v))
             lines.append(f"| {g} | " + " | ".join(cellv) + " |")
+    if settings:
+        lines += ["", f"## Paired differences against the first cell ({last})", "",
+                  "Same clips, cutoffs and sampler noise in every cell, so each file gives a paired difference "
+                  "(cell − first cell; negative LSD is better). Mean ± standard error over files, and how many "
+                  "files the cell improves.", ""]
+        lines += _paired_table(grid, workdir, last)
     lines += ["", "Files: `results.csv` (every cell × setting × cutoff, per seed), `lsd_vs_steps.png`.", ""]
     md = workdir / "report.md"
     atomic_write(md, lambda tmp: Path(tmp).write_text("\n".join(lines)))
     _plot(rows, groups, axis_names, workdir / "lsd_vs_steps.png")
     return md
+
+
+def _paired_table(grid: Any, workdir: Path, setting: str) -> list[str]:
+    per_cell = []
+    for cell in cells(grid):
+        path = workdir / "cells" / cell["dir"] / "results.json"
+        ev = json.loads(path.read_text()).get("evals", {}).get(setting) if path.is_file() else None
+        if ev:
+            per_cell.append((cell["name"], {f["output"]: f for f in ev["files"]}))
+    if len(per_cell) < 2:
+        return ["(needs two finished cells)"]
+    ref_name, ref = per_cell[0]
+    out = [f"| cell (vs {ref_name}) | ΔLSD | ΔLSD-HF | ΔSI-SDR (dB) | files better (LSD) |", "|---|---|---|---|---|"]
+    for name, files in per_cell[1:]:
+        keys = sorted(set(files) & set(ref))
+        cells_ = []
+        for m in ("lsd", "lsd_hf", "si_sdr"):
+            d = np.array([files[k][m] - ref[k][m] for k in keys if files[k].get(m) is not None
+                          and ref[k].get(m) is not None], np.float64)
+            se = d.std(ddof=1) / np.sqrt(d.size) if d.size > 1 else float("nan")
+            cells_.append(f"{d.mean():+.3f} ± {se:.3f}" if d.size else "-")
+        better = sum(files[k]["lsd"] < ref[k]["lsd"] for k in keys)
+        out.append(f"| {name} | " + " | ".join(cells_) + f" | {better}/{len(keys)} |")
+    return out
 
 
 def _cell_group(cell: dict, axis_names: list[str]) -> str:

@@ -152,3 +152,12 @@ def test_finished_cell_is_not_rerun(grid, tmp_path):
 def test_unknown_cell_is_refused(grid, tmp_path):
     with pytest.raises(SystemExit, match="no cell 'nope'"):
         ablation.run(grid, tmp_path, only_cell="nope")
+
+
+def test_report_has_paired_differences_against_the_first_cell(grid, tmp_path):
+    cells = ablation.cells(grid)
+    _fake_results(grid, cells[0], tmp_path, 1.0)
+    _fake_results(grid, cells[1], tmp_path, 0.5)  # every file 0.5 better in LSD
+    md = ablation.write_report(grid, tmp_path, ablation.collect(grid, tmp_path)).read_text()
+    paired = md.split("## Paired differences")[1]
+    assert f"| {cells[1]['name']} | -0.500 ± 0.000 | -0.500 ± 0.000 | +0.000 ± 0.000 | 12/12 |" in paired
