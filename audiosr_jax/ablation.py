@@ -241,7 +241,8 @@ def _paired_table(grid: Any, workdir: Path, setting: str) -> list[str]:
         path = workdir / "cells" / cell["dir"] / "results.json"
         ev = json.loads(path.read_text()).get("evals", {}).get(setting) if path.is_file() else None
         if ev:
-            per_cell.append((cell["name"], {f["output"]: f for f in ev["files"]}))
+            # outputs live under each cell's folder: pair them by <lpN>/<clip>
+            per_cell.append((cell["name"], {"/".join(Path(f["output"]).parts[-2:]): f for f in ev["files"]}))
     if len(per_cell) < 2:
         return ["(needs two finished cells)"]
     ref_name, ref = per_cell[0]
