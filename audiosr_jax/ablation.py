@@ -284,38 +284,42 @@ def _pivot(rows, groups, settings, axis_names, metric, cutoff, digits=3) -> list
 
 
 def _plot(rows, groups, axis_names, path: Path) -> None:
+    """LSD and LSD-HF (all cutoffs pooled) against sampler steps: one colour per cell, one line style per
+    sampler; error bars are the spread over training seeds. The baseline is in the titles, not on the axes
+    (it is far above every cell and would flatten their differences)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    samplers = sorted({(r["sampler"], r["eta"]) for r in rows})
+    pooled = [r for r in rows if r["cutoff_khz"] == "all"]
+    samplers = sorted({(r["sampler"], r["eta"]) for r in pooled})
     if not samplers:
         return
-    fig, axes = plt.subplots(1, len(samplers), figsize=(6 * len(samplers), 4.5), squeeze=False)
-    for ax, (sampler, eta) in zip(axes[0], samplers):
-        for g in groups:
-            rs = [r for r in rows if _group_name(r, axis_names) == g and r["sampler"] == sampler and r["eta"] == eta
-                  and r["cutoff_khz"] == "all"]
-            steps = sorted({r["steps"] for r in rs})
-            if not steps:
-                continue
-            mean = [np.mean([r["lsd"] for r in rs if r["steps"] == s]) for s in steps]
-            std = [np.std([r["lsd"] for r in rs if r["steps"] == s]) for s in steps]
-            ax.errorbar(steps, mean, yerr=std, marker="o", capsize=3, label=g)
-        base = [r["input_lsd"] for r in rows if r["sampler"] == sampler and r["cutoff_khz"] == "all"]
-        if base:
-            ax.axhline(np.mean(base), color="k", ls="--", lw=1, label="low-passed input")
+    styles = ["-", "--", ":", "-."]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    for ax, metric, title in ((axes[0], "lsd", "LSD"), (axes[1], "lsd_hf", "LSD-HF")):
+        for ci, g in enumerate(groups):
+            for si, (sampler, eta) in enumerate(samplers):
+                rs = [r for r in pooled if _group_name(r, axis_names) == g and (r["sampler"], r["eta"]) == (sampler, eta)]
+                steps = sorted({r["steps"] for r in rs})
+                if not steps:
+                    continue
+                vals = [[r[metric] for r in rs if r["steps"] == s] for s in steps]
+                label = f"{g} · {sampler}" + (f" η={eta:g}" if sampler == "ddim" else "")
+                ax.errorbar(steps, [np.mean(v) for v in vals], yerr=[np.std(v) for v in vals], color=f"C{ci}",
+                            ls=styles[si % len(styles)], marker="o", capsize=3, label=label)
+        base = [r[f"input_{metric}"] for r in pooled if r.get(f"input_{metric}") is not None]
+        ax.set_title(f"{title}, all cutoffs (low-passed input: {np.mean(base):.2f})" if base else title)
         ax.set_xscale("log")
         ax.set_xlabel("sampler steps")
-        ax.set_ylabel("LSD (all cutoffs)")
-        ax.set_title(f"{sampler}" + (f" (η={eta:g})" if sampler == "ddim" else ""))
+        ax.set_ylabel(f"{title} (lower is better)")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
 
     def save(tmp):
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
 
     atomic_write(path, save)
     plt.close(fig)
