@@ -98,7 +98,8 @@ def test_grid_cells_are_a_product_with_valid_overrides(grid, tmp_path):
     from audiosr_jax.diffusion.schedules import make_alphas_cumprod
 
     cells = ablation.cells(grid)
-    assert len(cells) == 6 and len({c["dir"] for c in cells}) == 6 and len({c["name"] for c in cells}) == 6
+    n = 6 * len(grid.seeds)
+    assert len(cells) == n and len({c["dir"] for c in cells}) == n and len({c["name"] for c in cells}) == n
     prepared = {"dataset": tmp_path / "ds", "base": tmp_path / "base"}
     for c in cells:
         o = ablation.ldm_overrides(grid, c, prepared)
@@ -125,7 +126,7 @@ def _fake_results(grid, cell, workdir, offset):
 
 
 def test_report_gathers_finished_cells(grid, tmp_path):
-    cells = ablation.cells(grid)
+    cells = [c for c in ablation.cells(grid) if c["seed"] == 0]
     _fake_results(grid, cells[0], tmp_path, 1.0)
     _fake_results(grid, cells[3], tmp_path, 2.0)
     rows = ablation.collect(grid, tmp_path)
@@ -155,9 +156,20 @@ def test_unknown_cell_is_refused(grid, tmp_path):
 
 
 def test_report_has_paired_differences_against_the_first_cell(grid, tmp_path):
-    cells = ablation.cells(grid)
+    cells = [c for c in ablation.cells(grid) if c["seed"] == 0]
     _fake_results(grid, cells[0], tmp_path, 1.0)
     _fake_results(grid, cells[1], tmp_path, 0.5)  # every file 0.5 better in LSD
     md = ablation.write_report(grid, tmp_path, ablation.collect(grid, tmp_path)).read_text()
     paired = md.split("## Paired differences")[1]
     assert f"| {cells[1]['name']} | -0.500 ± 0.000 | -0.500 ± 0.000 | +0.000 ± 0.000 | 12/12 |" in paired
+
+
+def test_seed_replicates_pool_into_mean_and_spread(grid, tmp_path):
+    c0, c1 = [c for c in ablation.cells(grid) if c["axes"] == ablation.cells(grid)[0]["axes"]][:2]
+    assert (c0["seed"], c1["seed"]) == (0, 1)
+    _fake_results(grid, c0, tmp_path, 1.0)
+    _fake_results(grid, c1, tmp_path, 1.2)
+    md = ablation.write_report(grid, tmp_path, ablation.collect(grid, tmp_path)).read_text()
+    lsd_table = md.split("## LSD (")[1].split("##")[0]
+    mean = 1.1 + np.mean([0.2, 0.4, 0.8, 1.2]) + 0.01
+    assert f"{mean:.3f} ± 0.100" in lsd_table  # mean ± std over the two training seeds

@@ -28,7 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
     ))
     # (dotted config key, values): the cells are the product of the axes, times the seeds
     c.axes = (("ldm.schedule", ("cosine", "scaled_linear", "scaled_linear_zero_snr")), ("ldm.parameterization", ("v", "eps")))
-    c.seeds = [0]
+    c.seeds = [0, 1]  # training seeds (initialisation, noise, condition dropout); the data order is fixed
     c.eval = ml_collections.ConfigDict(dict(
         cutoffs_hz=[2000, 4000, 8000, 12000], clips=4, guidance=3.5, seed=0,
         samplers=[dict(sampler="ddim", eta=1.0, steps=[10, 25, 50]), dict(sampler="dpmpp_2m", eta=0.0, steps=[10])],
