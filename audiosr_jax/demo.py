@@ -19,7 +19,7 @@ demo resumes (training resumes from its last checkpoint):
 
 The last table compares, per cutoff, the LSD of the outputs with the LSD of the low-passed inputs
 themselves (the baseline: doing nothing). The exit status is 0 only when the model beats the baseline at
-every cutoff. On 2 CPU cores the whole demo takes about 20 minutes after the install (most of it training).
+every cutoff. On this 2-core CPU it took 30 minutes with other jobs on the machine (most of it training).
 """
 
 from __future__ import annotations
