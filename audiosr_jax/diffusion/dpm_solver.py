@@ -184,14 +184,9 @@ def _phi_b(hh: float, order: int) -> list[float]:
     return out
 
 
-def multistep_tables(alphas_cumprod: np.ndarray, timesteps: np.ndarray, method: str = "dpmpp_2m") -> MultistepTables:
-    """Coefficient tables for `multistep_sample` on the given descending timesteps.
-
-    method: "ddim" (first order, = DDIM η=0), "dpmpp_2m" (DPM-Solver++(2M)) or "unipc" (UniPC-bh2: the
-    DPM-Solver++(2M) predictor plus the UniC corrector, order 3 from the third step, with no extra network call).
-    """
-    if method not in ("ddim", "dpmpp_2m", "unipc"):
-        raise ValueError(f"unknown method {method!r}")
+def grid_alphas(alphas_cumprod: np.ndarray, timesteps) -> tuple[np.ndarray, np.ndarray]:
+    """(timesteps int64 [S], ᾱ at them float64 [S]) after checking the grid every ODE/multistep sampler needs:
+    non-empty, strictly descending, inside the table, ᾱ < 1 everywhere and ᾱ > 0 except at the first step."""
     ac = np.asarray(alphas_cumprod, np.float64)
     ts = np.asarray(timesteps, np.int64)
     if ts.ndim != 1 or len(ts) == 0 or np.any(np.diff(ts) >= 0):
@@ -201,6 +196,18 @@ def multistep_tables(alphas_cumprod: np.ndarray, timesteps: np.ndarray, method: 
     a = ac[ts]
     if np.any(a[1:] <= 0) or np.any(a >= 1):
         raise ValueError("only the first timestep may have alpha_cumprod = 0, and none may have 1")
+    return ts, a
+
+
+def multistep_tables(alphas_cumprod: np.ndarray, timesteps: np.ndarray, method: str = "dpmpp_2m") -> MultistepTables:
+    """Coefficient tables for `multistep_sample` on the given descending timesteps.
+
+    method: "ddim" (first order, = DDIM η=0), "dpmpp_2m" (DPM-Solver++(2M)) or "unipc" (UniPC-bh2: the
+    DPM-Solver++(2M) predictor plus the UniC corrector, order 3 from the third step, with no extra network call).
+    """
+    if method not in ("ddim", "dpmpp_2m", "unipc"):
+        raise ValueError(f"unknown method {method!r}")
+    ts, a = grid_alphas(alphas_cumprod, timesteps)
     alpha, sigma = np.sqrt(a), np.sqrt(1.0 - a)
     lam = _log_snr(a)
     S = len(ts)

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from audiosr_jax.diffusion.dpm_solver import sampler_timesteps
+from audiosr_jax.diffusion.dpm_solver import grid_alphas, sampler_timesteps
 
 __all__ = ["ODETables", "ode_tables", "ode_sample", "euler_sample", "heun_sample", "METHODS"]
 
@@ -60,15 +60,7 @@ def ode_tables(alphas_cumprod: np.ndarray, timesteps: np.ndarray, method: str = 
     """
     if method not in METHODS:
         raise ValueError(f"unknown ODE method {method!r}; choose from {METHODS}")
-    ac = np.asarray(alphas_cumprod, np.float64)
-    ts = np.asarray(timesteps, np.int64)
-    if ts.ndim != 1 or len(ts) == 0 or np.any(np.diff(ts) >= 0):
-        raise ValueError(f"timesteps must be a non-empty strictly descending 1-D array, got {ts}")
-    if ts[0] >= len(ac) or ts[-1] < 0:
-        raise ValueError(f"timesteps must lie in [0, {len(ac)}), got {ts[0]}…{ts[-1]}")
-    a = ac[ts]
-    if np.any(a[1:] <= 0) or np.any(a >= 1):
-        raise ValueError("only the first timestep may have alpha_cumprod = 0, and none may have 1")
+    ts, a = grid_alphas(alphas_cumprod, timesteps)
     if method == "heun" and len(ts) > 1 and a[0] <= 0:
         raise ValueError("Heun is undefined from alpha_cumprod = 0 (infinite noise level); start the grid at "
                          "a timestep with alpha_cumprod > 0 or use euler")
