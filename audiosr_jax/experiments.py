@@ -129,13 +129,17 @@ def simulate_inputs(references: Path, inputs: Path, cutoffs_hz: Iterable[int] = 
 
 
 def super_resolve(checkpoint: Path, inputs: Path, outputs: Path, *, steps: int = 50, guidance: float = 3.5,
-                  sampler: str = "ddim", eta: float = 1.0, seed: int = 0, batch_size: int = 4) -> None:
-    """``sample.py INPUTS -o OUTPUTS`` with loudness matched to each input (finished outputs are skipped)."""
+                  sampler: str = "ddim", eta: float = 1.0, seed: int = 0, batch_size: int = 4,
+                  dtype: str = "float32") -> None:
+    """``sample.py INPUTS -o OUTPUTS`` with loudness matched to each input (finished outputs are skipped).
+
+    ``dtype`` is the networks' compute dtype (``--dtype``: "float32" or "bfloat16"; params stay float32).
+    """
     from audiosr_jax import sample_cli
 
     code = sample_cli.main([str(inputs), "-o", str(outputs), "--checkpoint", str(checkpoint), "--steps", str(steps),
                             "--guidance", str(guidance), "--sampler", sampler, "--eta", str(eta), "--seed", str(seed),
-                            "--batch-size", str(batch_size), "--match-loudness", "--no-progress"])
+                            "--batch-size", str(batch_size), "--dtype", dtype, "--match-loudness", "--no-progress"])
     if code != 0:
         raise SystemExit(f"error: sample.py failed (exit status {code}); see {Path(outputs) / 'report.json'}")
 
