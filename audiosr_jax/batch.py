@@ -35,7 +35,8 @@ from audiosr_jax import audio, lowpass, postprocess, windows
 from audiosr_jax.checkpoint import AudioSRWeights
 from audiosr_jax.errors import UserError
 from audiosr_jax.inputs import Job
-from audiosr_jax.pipeline import SamplingOptions, draw_noise, item_keys, latent_shape, num_sampler_steps, super_resolve_windows
+from audiosr_jax.pipeline import (SamplingOptions, draw_noise, item_keys, latent_shape, num_sampler_steps,
+                                  super_resolve_windows, super_resolve_windows_low_memory)
 
 __all__ = ["BatchConfig", "FileResult", "run_batch", "write_report", "local_mesh"]
 
@@ -51,6 +52,7 @@ class BatchConfig:
     max_window_segments: int = 2  # windows of at most 2 × 5.12 s, the training crop length
     overwrite: bool = False
     match_loudness: bool = False
+    low_memory: bool = False  # stage by stage, one network's weights in memory at a time
 
 
 @dataclasses.dataclass
@@ -166,7 +168,9 @@ def run_batch(weights: AudioSRWeights, jobs: list[Job], cfg: BatchConfig = Batch
     devices = mesh.devices.size
     batch = cfg.batch_per_device * devices
     data_sharding, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
-    params = jax.device_put(weights.params, replicated)
+    params = jax.device_put(weights.params, replicated) if weights.resident else None
+    if not weights.resident and not cfg.low_memory:
+        raise ValueError("lazy weights (load_weights(..., lazy=True)) need BatchConfig(low_memory=True)")
     steps = num_sampler_steps(cfg.options, weights)
     results = {j.input: FileResult(j.input, j.output, "pending") for j in jobs}
     queues: dict[int, deque] = defaultdict(deque)  # window length → (file, channel, window) items
@@ -205,8 +209,12 @@ def run_batch(weights: AudioSRWeights, jobs: list[Job], cfg: BatchConfig = Batch
             noise = draw_noise(item_keys(cfg.seed, chans, wins), latent_shape(length // audio.HOP, weights), steps)
             noise = type(noise)(*(jax.device_put(a, NamedSharding(mesh, P(*([None] * (a.ndim - 4)), "data")))
                                   for a in noise))
-            y = super_resolve_windows(weights, jax.device_put(x, data_sharding), noise, cfg.options, params=params,
-                                      replace_low_band=False)
+            x = jax.device_put(x, data_sharding)
+            if cfg.low_memory:
+                y = super_resolve_windows_low_memory(weights, x, noise, cfg.options, sharding=replicated,
+                                                     replace_low_band=False)
+            else:
+                y = super_resolve_windows(weights, x, noise, cfg.options, params=params, replace_low_band=False)
             y = np.asarray(y)
             counts["windows"] += real
             counts["batches"] += 1

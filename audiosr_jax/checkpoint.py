@@ -31,16 +31,27 @@ from audiosr_jax.models.unet import UNetConfig, UNetModel
 from audiosr_jax.models.vae import AutoencoderKL, VAEConfig
 from audiosr_jax.models.vocoder import HiFiGAN, VocoderConfig
 
-__all__ = ["AudioSRWeights", "save_weights", "load_weights", "abstract_params", "FORMAT"]
+__all__ = ["AudioSRWeights", "save_weights", "load_weights", "abstract_params", "select_part", "FORMAT", "PARTS"]
 
 FORMAT = "audiosr-jax/1"
+
+# The weights each pipeline stage needs, as (top-level tree, sub-trees or None for all of it).
+# "cond_encoder" reads "cond_vae" instead of "vae" when the checkpoint has a separate conditioning VAE.
+PARTS = {
+    "cond_encoder": ("vae", ("encoder", "quant_conv")),
+    "unet": ("unet", None),
+    "decoder": ("vae", ("decoder", "post_quant_conv")),
+    "vocoder": ("vocoder", None),
+}
 
 
 @dataclasses.dataclass
 class AudioSRWeights:
     """Everything inference needs. params: {"vae", "unet", "vocoder"} (+ "cond_vae": encoder and quant_conv
     of a conditioning VAE that differs from the first-stage one). scale_factor: the latent scale.
-    diffusion: the schedule and parameterisation the UNet was trained with (default: the released model's)."""
+    diffusion: the schedule and parameterisation the UNet was trained with (default: the released model's).
+    Weights loaded with `load_weights(..., lazy=True)` have empty params and read each stage's `part` from
+    `directory` when asked (one network in memory at a time)."""
 
     vae: VAEConfig
     unet: UNetConfig
@@ -49,12 +60,41 @@ class AudioSRWeights:
     scale_factor: float
     source: str = ""
     diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)
+    directory: str = ""  # the checkpoint it was loaded from (lazy weights read their parts from here)
+    has_cond_vae: bool = False  # for lazy weights; resident ones answer from params
+
+    @property
+    def resident(self) -> bool:
+        """Whether all params are in memory (False for lazy weights)."""
+        return bool(self.params)
 
     def architecture(self) -> dict:
         return {"format": FORMAT, "vae": self.vae.to_dict(), "unet": self.unet.to_dict(),
                 "vocoder": self.vocoder.to_dict(), "scale_factor": float(self.scale_factor),
-                "has_cond_vae": "cond_vae" in self.params, "source": self.source,
+                "has_cond_vae": "cond_vae" in self.params or self.has_cond_vae, "source": self.source,
                 "diffusion": self.diffusion.to_dict()}
+
+    def part(self, name: str, sharding: jax.sharding.Sharding | None = None) -> dict:
+        """The params of one pipeline stage (`PARTS`): "cond_encoder" and "decoder" (VAE param trees holding
+        only those modules), "unet", "vocoder". Resident weights return a view of `params` (no copy; `sharding`
+        is ignored); lazy ones restore just that part from the checkpoint, placed with `sharding`."""
+        if self.resident:
+            return select_part(self.params, name)
+        if name not in PARTS:
+            raise ValueError(f"unknown part {name!r}; expected one of {sorted(PARTS)}")
+        top, subs = PARTS[name]
+        return _restore_part(self, "cond_vae" if name == "cond_encoder" and self.has_cond_vae else top, subs, sharding)
+
+
+def select_part(params: dict, name: str) -> dict:
+    """One stage's view (`PARTS`) of a full params tree, without copying; works on traced trees too."""
+    if name not in PARTS:
+        raise ValueError(f"unknown part {name!r}; expected one of {sorted(PARTS)}")
+    top, subs = PARTS[name]
+    if name == "cond_encoder" and "cond_vae" in params:
+        top = "cond_vae"
+    tree = params[top]
+    return dict(tree) if subs is None else {k: tree[k] for k in subs}
 
 
 @functools.lru_cache(maxsize=16)
@@ -101,12 +141,16 @@ def save_weights(weights: AudioSRWeights, directory: str | os.PathLike, overwrit
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_weights(directory: str | os.PathLike, sharding: jax.sharding.Sharding | None = None) -> AudioSRWeights:
+def load_weights(directory: str | os.PathLike, sharding: jax.sharding.Sharding | None = None,
+                 lazy: bool = False) -> AudioSRWeights:
     """Read a checkpoint directory written by `save_weights` (or `python -m audiosr_jax.convert`).
 
     `sharding`: where to place every weight (e.g. replicated over a mesh); restoring straight into it avoids
-    a second copy of the weights (2.7 GB at full size) when they are later used on that mesh."""
+    a second copy of the weights (2.7 GB at full size) when they are later used on that mesh.
+    `lazy`: read only the architecture and check that the weights exist; `AudioSRWeights.part` then restores
+    one stage's weights at a time (low-memory inference)."""
     import orbax.checkpoint as ocp
+    from etils import epath
 
     directory = os.path.abspath(os.fspath(directory))
     if not os.path.exists(directory):
@@ -131,14 +175,51 @@ def load_weights(directory: str | os.PathLike, sharding: jax.sharding.Sharding |
     target = dict(abstract_params(vae, unet, voc))
     if arch.get("has_cond_vae"):
         target["cond_vae"] = {k: v for k, v in target["vae"].items() if k in ("encoder", "quant_conv")}
+    weights = AudioSRWeights(vae, unet, voc, {}, float(arch["scale_factor"]), arch.get("source", ""), diffusion,
+                             directory=directory, has_cond_vae=bool(arch.get("has_cond_vae")))
+    if lazy:
+        try:
+            ocp.PyTreeCheckpointHandler().metadata(epath.Path(ocp_path(directory)))
+        except Exception as e:
+            raise CheckpointError(f"{directory}: unreadable weights (corrupt or incomplete?): {_first_line(e)}") from None
+        return weights
     if sharding is not None:
         target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), target)
     try:
-        params = ocp.StandardCheckpointer().restore(os.path.join(directory, "params"), target)
+        weights.params = ocp.StandardCheckpointer().restore(ocp_path(directory), target)
     except Exception as e:  # orbax raises many types for missing/corrupt/mismatched files
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{directory}: cannot restore the weights (corrupt or incomplete?): {msg[:300]}") from None
-    return AudioSRWeights(vae, unet, voc, params, float(arch["scale_factor"]), arch.get("source", ""), diffusion)
+        raise CheckpointError(f"{directory}: cannot restore the weights (corrupt or incomplete?): {_first_line(e)}") from None
+    return weights
+
+
+def ocp_path(directory: str) -> str:
+    """The orbax tree inside a checkpoint directory."""
+    return os.path.join(directory, "params")
+
+
+def _first_line(e: Exception) -> str:
+    msg = str(e).strip()
+    return msg.splitlines()[0][:300] if msg else type(e).__name__
+
+
+def _restore_part(weights: AudioSRWeights, top: str, subs, sharding) -> dict:
+    """Partial orbax restore of params[top] (only the `subs` modules when given), placed with `sharding`."""
+    import orbax.checkpoint as ocp
+
+    tree = abstract_params(weights.vae, weights.unet, weights.vocoder)["vae" if top == "cond_vae" else top]
+    tree = dict(tree) if subs is None else {k: tree[k] for k in subs}
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    item = {top: tree}
+    restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=sharding, global_shape=x.shape, dtype=x.dtype),
+                                item)
+    try:
+        out = ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).restore(
+            ocp_path(weights.directory),
+            args=ocp.args.PyTreeRestore(item, restore_args=restore_args, partial_restore=True))
+    except Exception as e:
+        raise CheckpointError(f"{weights.directory}: cannot restore the {top} weights (corrupt or incomplete?): "
+                              f"{_first_line(e)}") from None
+    return out[top]
 
 
 def _check_finite(params, where: str) -> None:

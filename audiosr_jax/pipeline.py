@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from audiosr_jax import audio, lowpass, postprocess
-from audiosr_jax.checkpoint import AudioSRWeights
+from audiosr_jax.checkpoint import AudioSRWeights, select_part
 from audiosr_jax.diffusion import sampling
 from audiosr_jax.diffusion.samplers import classifier_free_guidance
 from audiosr_jax.errors import AudioError
@@ -31,7 +31,8 @@ from audiosr_jax.models.vae import AutoencoderKL, posterior_sample
 from audiosr_jax.models.vocoder import HiFiGAN
 
 __all__ = ["Noise", "SamplingOptions", "SAMPLERS", "item_keys", "draw_noise", "latent_shape", "num_sampler_steps",
-           "generate", "super_resolve_windows", "super_resolve", "super_resolve_waveform", "UNCONDITIONAL_LATENT"]
+           "generate", "super_resolve_windows", "super_resolve_windows_low_memory", "super_resolve",
+           "super_resolve_waveform", "UNCONDITIONAL_LATENT"]
 
 # The "unconditional" condition: a constant latent (AUDIOSR.md §1.4), scaled like a real one.
 UNCONDITIONAL_LATENT = -11.4981
@@ -94,25 +95,50 @@ def num_sampler_steps(options: SamplingOptions, weights: AudioSRWeights | None =
     return sampling.num_noise_steps(options.sampler, options.steps, num_timesteps)
 
 
-def _generate_body(params, scale_factor, lowpass_mel, noise: Noise, configs, options: SamplingOptions):
+def _networks(configs, options: SamplingOptions):
     dtype = jnp.dtype(options.dtype)
-    vae_cfg, unet_cfg, voc_cfg, diffusion = configs
-    vae, unet, vocoder = AutoencoderKL(vae_cfg, dtype=dtype), UNetModel(unet_cfg, dtype=dtype), HiFiGAN(voc_cfg, dtype=dtype)
-    cond_params = params.get("cond_vae", params["vae"])
-    mean, logvar = vae.apply({"params": cond_params}, lowpass_mel[..., None], method=AutoencoderKL.encode)
-    cond = posterior_sample(mean, logvar, noise.cond_eps)
+    vae_cfg, unet_cfg, voc_cfg, _ = configs
+    return AutoencoderKL(vae_cfg, dtype=dtype), UNetModel(unet_cfg, dtype=dtype), HiFiGAN(voc_cfg, dtype=dtype)
+
+
+# The four stages, each a pure function of its own part of the weights (`AudioSRWeights.part`), so the
+# pipeline runs either as one program (`_generate_body`) or stage by stage with one network in memory.
+def _encode_condition(enc_params, lowpass_mel, cond_eps, configs, options: SamplingOptions):
+    vae, _, _ = _networks(configs, options)
+    mean, logvar = vae.apply({"params": enc_params}, lowpass_mel[..., None], method=AutoencoderKL.encode)
+    return posterior_sample(mean, logvar, cond_eps)
+
+
+def _sample_latent(unet_params, scale_factor, cond, x_T, step_noise, configs, options: SamplingOptions):
+    _, unet, _ = _networks(configs, options)
+    diffusion = configs[3]
     uncond = jnp.full_like(cond, UNCONDITIONAL_LATENT)
 
     def model(x, t, c):
-        pred = unet.apply({"params": params["unet"]}, jnp.concatenate([x, c * scale_factor], axis=-1), t)
+        pred = unet.apply({"params": unet_params}, jnp.concatenate([x, c * scale_factor], axis=-1), t)
         return pred.astype(jnp.float32)
 
     denoise = classifier_free_guidance(model, cond, uncond, options.guidance)  # in the model's parameterisation
-    latent = sampling.sample(options.sampler, denoise, noise.x_T, diffusion.alphas_cumprod(), options.steps,
-                             parameterization=diffusion.parameterization, eta=options.eta, noise=noise.steps)
-    mel = vae.apply({"params": params["vae"]}, latent / scale_factor, method=AutoencoderKL.decode)[..., 0]
+    return sampling.sample(options.sampler, denoise, x_T, diffusion.alphas_cumprod(), options.steps,
+                           parameterization=diffusion.parameterization, eta=options.eta, noise=step_noise)
+
+
+def _decode_mel(dec_params, scale_factor, latent, configs, options: SamplingOptions):
+    vae, _, _ = _networks(configs, options)
+    return vae.apply({"params": dec_params}, latent / scale_factor, method=AutoencoderKL.decode)[..., 0]
+
+
+def _vocode(voc_params, mel, lowpass_mel, configs, options: SamplingOptions):
+    _, _, vocoder = _networks(configs, options)
     mel_replaced = postprocess.replace_low_mel(mel, lowpass_mel)
-    waveform = vocoder.apply({"params": params["vocoder"]}, mel_replaced)
+    return mel_replaced, vocoder.apply({"params": voc_params}, mel_replaced)
+
+
+def _generate_body(params, scale_factor, lowpass_mel, noise: Noise, configs, options: SamplingOptions):
+    cond = _encode_condition(select_part(params, "cond_encoder"), lowpass_mel, noise.cond_eps, configs, options)
+    latent = _sample_latent(params["unet"], scale_factor, cond, noise.x_T, noise.steps, configs, options)
+    mel = _decode_mel(select_part(params, "decoder"), scale_factor, latent, configs, options)
+    mel_replaced, waveform = _vocode(params["vocoder"], mel, lowpass_mel, configs, options)
     return {"latent": latent, "mel": mel, "mel_replaced": mel_replaced, "waveform": waveform}
 
 
@@ -152,6 +178,73 @@ def super_resolve_windows(weights: AudioSRWeights, lowpassed: jax.Array, noise: 
     return _super_resolve_windows(weights.params if params is None else params, jnp.float32(weights.scale_factor),
                                   lowpassed, noise, configs=_configs(weights), options=options,
                                   replace_low_band=replace_low_band)
+
+
+_STAGES = {name: jax.jit(fn, static_argnames=("configs", "options")) for name, fn in
+           [("cond_encoder", _encode_condition), ("unet", _sample_latent), ("decoder", _decode_mel),
+            ("vocoder", _vocode)]}
+_log_mel = jax.jit(lambda x: audio.log_mel_spectrogram(x)[0])
+_replace_low_stft = jax.jit(postprocess.replace_low_stft)
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_stage_cached(name, configs, options, param_shapes, arg_shapes):
+    params = jax.tree.unflatten(param_shapes[0], param_shapes[1])
+    return _STAGES[name].lower(params, *arg_shapes, configs=configs, options=options).compile()
+
+
+def _compiled_stage(name, weights: AudioSRWeights, configs, options, sharding, args):
+    """The stage's XLA executable for these argument shapes, compiled from abstract weights (cached)."""
+    from audiosr_jax.checkpoint import abstract_params
+
+    full = dict(abstract_params(weights.vae, weights.unet, weights.vocoder))
+    if weights.architecture()["has_cond_vae"]:
+        full["cond_vae"] = select_part(full, "cond_encoder")
+    part = select_part(full, name)
+    if sharding is not None:
+        part = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), part)
+    leaves, treedef = jax.tree.flatten(part)
+    arg_shapes = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=getattr(a, "sharding", None)) for a in args)
+    return _compiled_stage_cached(name, configs, options, (treedef, tuple(leaves)), arg_shapes)
+
+
+def super_resolve_windows_low_memory(weights: AudioSRWeights, lowpassed: jax.Array, noise: Noise,
+                                     options: SamplingOptions = SamplingOptions(), sharding=None,
+                                     replace_low_band: bool = True) -> jax.Array:
+    """`super_resolve_windows` stage by stage, holding one network's weights at a time: for lazy weights
+    (`load_weights(..., lazy=True)`) each stage restores its part from the checkpoint (placed with
+    `sharding`) and frees it before the next, so the peak is the largest network plus its activations
+    instead of all the weights plus the largest activations. Same maths, same noise; four programs instead
+    of one. Resident weights work too (nothing is freed). [B, N] → [B, N + 16]."""
+    from audiosr_jax import memory
+
+    configs, scale = _configs(weights), jnp.float32(weights.scale_factor)
+    if sharding is not None:
+        scale = jax.device_put(scale, sharding)
+
+    def run(name, *args):
+        # Compile before the weights are read: compilation's transient memory never meets them.
+        program = _compiled_stage(name, weights, configs, options, sharding, args)
+        memory.release_free_memory()
+        params = weights.part(name, sharding)
+        if weights.resident and sharding is not None:
+            params = jax.device_put(params, sharding)  # a no-op where they already are
+        try:
+            return program(params, *args)
+        finally:
+            if not weights.resident:
+                jax.block_until_ready(jax.tree.leaves(params))
+                for leaf in jax.tree.leaves(params):
+                    leaf.delete()
+                del params
+                memory.release_free_memory()
+
+    lowpass_mel = _log_mel(lowpassed)
+    cond = run("cond_encoder", lowpass_mel, noise.cond_eps)
+    latent = run("unet", scale, cond, noise.x_T, noise.steps)
+    mel = run("decoder", scale, latent)
+    _, waveform = run("vocoder", mel, lowpass_mel)
+    return _replace_low_stft(waveform, lowpassed) if replace_low_band else waveform
 
 
 def super_resolve(weights: AudioSRWeights, path: str | os.PathLike, options: SamplingOptions = SamplingOptions(),

@@ -37,6 +37,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--devices", type=int, default=0, help="use the first N local devices (default: all)")
     p.add_argument("--max-channels", type=int, default=2, help="refuse inputs with more channels (default 2)")
     p.add_argument("--match-loudness", action="store_true", help="restore each input's integrated loudness")
+    p.add_argument("--low-memory", action="store_true",
+                   help="hold one network's weights at a time, re-read from the checkpoint for every batch "
+                        "(full size: about half the peak memory, a few seconds more per batch; a larger "
+                        "--batch-size amortises the reads)")
     p.add_argument("--overwrite", action="store_true", help="redo outputs that exist")
     p.add_argument("--report", help="report path (.json or .csv); default OUTPUT/report.json for folders")
     p.add_argument("--multihost", action="store_true", help="jax.distributed.initialize(); each host takes its share")
@@ -103,6 +107,9 @@ def main(argv=None) -> int:
                 raise UserError(f"{jobs[0].output}: output would overwrite the input")
             _check_output_file(jobs[0].output, args.overwrite)
         _enable_compilation_cache()
+        from audiosr_jax import memory
+
+        memory.cap_mmap_threshold()  # large buffers go back to the OS when freed (long runs, many shapes)
         import jax
         import numpy as np
         from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -120,11 +127,14 @@ def main(argv=None) -> int:
             load_audio(jobs[0].input, max_channels=args.max_channels)
         devices = jax.local_devices()[: args.devices or None]
         mesh = Mesh(np.asarray(devices), ("data",))
-        weights = load_weights(args.checkpoint, sharding=NamedSharding(mesh, P()))  # placed once, replicated
+        # placed once, replicated (or, --low-memory, read per stage and batch)
+        weights = load_weights(args.checkpoint, sharding=NamedSharding(mesh, P()), lazy=args.low_memory)
+        memory.release_free_memory()  # the restore's transient buffers
         _check_sampler_fits(args, weights)
         cfg = BatchConfig(options=SamplingOptions(args.steps, args.guidance, args.eta, args.sampler, args.dtype),
                           seed=args.seed, batch_per_device=args.batch_size, max_channels=args.max_channels,
-                          overwrite=args.overwrite or single, match_loudness=args.match_loudness)
+                          overwrite=args.overwrite or single, match_loudness=args.match_loudness,
+                          low_memory=args.low_memory)
         start = time.perf_counter()
         results = run_batch(weights, jobs, cfg, mesh=mesh,
                             progress=not (args.no_progress or single))

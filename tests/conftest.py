@@ -1,11 +1,15 @@
 """Test setup: CPU only, 8 fake devices, before JAX is imported anywhere."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # sample.main enables the persistent XLA cache: keep the tests' out of the user's home.
-os.environ.setdefault("AUDIOSR_JAX_CACHE", tempfile.mkdtemp(prefix="audiosr_jax_xla_"))
+if "AUDIOSR_JAX_CACHE" not in os.environ:
+    os.environ["AUDIOSR_JAX_CACHE"] = _cache = tempfile.mkdtemp(prefix="audiosr_jax_xla_")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
     os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
