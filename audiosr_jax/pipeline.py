@@ -230,10 +230,11 @@ def super_resolve_windows_low_memory(weights: AudioSRWeights, lowpassed: jax.Arr
         if weights.resident and sharding is not None:
             params = jax.device_put(params, sharding)  # a no-op where they already are
         try:
-            return program(params, *args)
+            # Wait for the stage: with asynchronous dispatch the next stage's weights would otherwise be read
+            # while this one still runs (and holds its own).
+            return jax.block_until_ready(program(params, *args))
         finally:
             if not weights.resident:
-                jax.block_until_ready(jax.tree.leaves(params))
                 for leaf in jax.tree.leaves(params):
                     leaf.delete()
                 del params
