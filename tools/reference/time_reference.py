@@ -17,6 +17,8 @@ latent). Progress goes to stderr; stdout gets exactly one JSON object {stage: se
   generate_batch_steps, guidance_scale, width, torch_threads, peak_rss_gb (ru_maxrss of this process),
   loadavg_start / loadavg_end (1-min load average: the machine is shared, so read timings against it),
   rss_after_build_gb / rss_end_gb (VmRSS; the peak includes the transient numpy copy of the synthetic weights)
+  peak_rss_run_gb      peak RSS from after the build to the end (Linux: VmHWM reset through clear_refs), i.e.
+                       what running the model holds, without the synthetic-weight construction
 
 Each single-module stage is timed `--repeats` times after `--warmup` untimed runs; the minimum is reported.
 """
@@ -61,13 +63,28 @@ def timed(fn, repeats: int = 1, warmup: int = 0):
     return best, out
 
 
-def rss_gb() -> float:
-    """Current resident set size of this process in GB (VmRSS)."""
+def status_gb(field: str = "VmRSS") -> float:
+    """A /proc/self/status size of this process in GB (VmRSS: now; VmHWM: peak since the last reset)."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024 ** 2
     return float("nan")
+
+
+def rss_gb() -> float:
+    """Current resident set size of this process in GB (VmRSS)."""
+    return status_gb("VmRSS")
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux ≥ 4.0); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def main(argv=None) -> None:
@@ -98,6 +115,7 @@ def run(args) -> dict:
     res["build_s"] = time.perf_counter() - t0
     res["rss_after_build_gb"] = rss_gb()
     log(f"built the {args.width} model in {res['build_s']:.1f} s")
+    hwm_reset = reset_peak_rss()
     rw = dict(repeats=args.repeats, warmup=args.warmup)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -139,6 +157,7 @@ def run(args) -> dict:
     res["loadavg_end"] = os.getloadavg()[0]
     res["rss_end_gb"] = rss_gb()
     res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+    res["peak_rss_run_gb"] = status_gb("VmHWM") if hwm_reset else None
     return res
 
 
