@@ -109,7 +109,6 @@ def main(argv=None) -> int:
         _enable_compilation_cache()
         from audiosr_jax import memory
 
-        memory.cap_mmap_threshold()  # large buffers go back to the OS when freed (long runs, many shapes)
         import jax
         import numpy as np
         from jax.sharding import Mesh, NamedSharding, PartitionSpec as P

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import soundfile as sf
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from audiosr_jax import memory, pipeline
 from audiosr_jax.batch import BatchConfig, run_batch
@@ -120,4 +120,3 @@ def test_sample_cli_low_memory(tmp_path, tiny_checkpoint_dir):
 def test_memory_helpers():
     memory.release_free_memory()
     assert memory.peak_rss_bytes() >= memory.current_rss_bytes() > 0
-    assert memory.cap_mmap_threshold(1 << 20) == memory.cap_mmap_threshold(1 << 20)  # idempotent, bool
