@@ -4,10 +4,9 @@
   python benchmarks/bench_train_stages.py --stages ldm --widths full --no-run   # cost analysis only
   python benchmarks/bench_train_stages.py --widths tiny --json /tmp/stages.json
 
-For each (stage, width) the stage is built from its config preset (``configs/<stage>.py:<width>``) with
-``training.stages.build_stage``, the optimizers with ``loop.make_optimizers``, the initial state and the
-shardings as ``loop.train`` makes them (on a 1-device mesh), and ``stage.train_step`` is jitted as the loop
-jits it (explicit in/out shardings, the state donated). The batch comes from the real loader
+For each (stage, width) the stage, its optimizers, initial state and shardings come from
+``loop.prepare_step`` on its config preset (``configs/<stage>.py:<width>``), as ``loop.train`` makes them (on a
+1-device mesh), and the step from ``loop.jit_train_step`` (explicit in/out shardings, the state donated). The batch comes from the real loader
 (``training.data``'s loader settings: random crop, host low-pass for the LDM) over an in-memory corpus of
 random audio. The LDM's frozen VAE is a randomly initialised VAE of the preset's architecture written to a
 temporary VAE workdir (or ``--vae-from DIR``); its latent scale is measured on the first batch as the loop
@@ -30,7 +29,6 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
-import functools
 import gc
 import importlib
 import json
@@ -48,13 +46,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from audiosr_jax import sharding as shd  # noqa: E402
 from audiosr_jax.training import state as st  # noqa: E402
 from audiosr_jax.training.discriminators import count_params  # noqa: E402
-from audiosr_jax.training.loop import _batch_shardings, make_optimizers, state_specs  # noqa: E402
-from audiosr_jax.training.stages import architectures, build_stage  # noqa: E402
+from audiosr_jax.training.loop import _batch_shardings, jit_train_step, prepare_step  # noqa: E402
+from audiosr_jax.training.stages import architectures  # noqa: E402
 from audiosr_jax.training.summary import compiled_flops  # noqa: E402
 
 STAGES = ("vae", "vocoder", "ldm")
@@ -234,23 +231,12 @@ def _bench(config, stage_name, width, *, run, steps, warmup, full_steps) -> dict
     rules = shd.rules_from_config(config.sharding_rules)
     tc = config.train
     accum = int(tc.get("grad_accum", 1))
-    stage, frozen_host = build_stage(config)
-    txs = make_optimizers(config, stage.groups)
-    batch_shape = (int(tc.batch_size), int(config.data.crop_samples))
-    seed = int(tc.seed)
-
     # initial state, shardings and the jitted step exactly as loop.train makes them (fresh start)
-    def init_fn(key):
-        return st.create_state(stage.init(key, batch_shape), txs, stage.ema_groups, seed)
-
-    key = jax.random.PRNGKey(seed)
-    abstract = jax.eval_shape(init_fn, key)
-    state_sh = shd.named(mesh, state_specs(abstract, txs, rules, mesh))
-    state = jax.jit(init_fn, out_shardings=state_sh)(key)
-    frozen_specs = {k: (shd.param_specs(v, rules, mesh) if isinstance(v, dict) else P())
-                    for k, v in frozen_host.items()}
-    frozen_sh = shd.named(mesh, frozen_specs)
-    frozen = jax.device_put(frozen_host, frozen_sh)
+    setup = prepare_step(config, mesh, rules)
+    stage, frozen_host, frozen, frozen_sh, key = setup.stage, setup.frozen_host, setup.frozen, setup.frozen_sh, setup.key
+    batch_shape = (int(tc.batch_size), int(config.data.crop_samples))
+    state_sh = setup.state_sh
+    state = jax.jit(setup.init_fn, out_shardings=state_sh)(key)
     batch = first_batch(config, mesh, rules)
     batch_sh = _batch_shardings(batch, rules, mesh)
     scale = None
@@ -260,8 +246,7 @@ def _bench(config, stage_name, width, *, run, steps, warmup, full_steps) -> dict
             scale = float(jax.jit(stage.measure_scale_factor)(frozen["vae"], batch, key))
             frozen["scale_factor"] = jax.device_put(np.float32(scale), frozen_sh["scale_factor"])
 
-    step_fn = jax.jit(functools.partial(stage.train_step, txs=txs), in_shardings=(state_sh, frozen_sh, batch_sh),
-                      out_shardings=(state_sh, None), donate_argnums=(0,))
+    step_fn = jit_train_step(setup, batch_sh)
     t0 = time.perf_counter()
     lowered = step_fn.lower(state, frozen, batch)
     compiled = lowered.compile()

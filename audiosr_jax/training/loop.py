@@ -15,7 +15,7 @@ import math
 import signal
 import threading
 import time
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -55,6 +55,49 @@ def make_optimizers(config: Any, groups, with_schedules: bool = False):
     built = {g: make_optimizer(config.optim[g] if g in config.optim else config.optim, total) for g in groups}
     txs = {g: tx for g, (tx, _) in built.items()}
     return (txs, {g: lr for g, (_, lr) in built.items()}) if with_schedules else txs
+
+
+class StepSetup(NamedTuple):
+    """What a stage's train step needs, placed on a mesh: the stage, its optimizers and lr schedules, the
+    state's init function, key, abstract shape and shardings, and the frozen networks on the device."""
+
+    stage: Any
+    frozen_host: dict
+    txs: dict
+    lrs: dict
+    init_fn: Callable
+    key: jax.Array
+    abstract: st.TrainState
+    state_sh: Any
+    frozen: dict
+    frozen_sh: dict
+
+
+def prepare_step(config: Any, mesh, rules) -> StepSetup:
+    """Build ``config.stage`` and everything around its step except the data and the checkpoint (shared by
+    ``train`` and benchmarks/bench_train_stages.py)."""
+    stage, frozen_host = build_stage(config)
+    txs, lrs = make_optimizers(config, stage.groups, with_schedules=True)
+    batch_shape = (int(config.train.batch_size), int(config.data.crop_samples))
+    seed = int(config.train.seed)
+
+    def init_fn(key):
+        return st.create_state(stage.init(key, batch_shape), txs, stage.ema_groups, seed)
+
+    key = jax.random.PRNGKey(seed)
+    abstract = jax.eval_shape(init_fn, key)
+    state_sh = shd.named(mesh, state_specs(abstract, txs, rules, mesh))
+    frozen_specs = {k: (shd.param_specs(v, rules, mesh) if isinstance(v, dict) else P()) for k, v in frozen_host.items()}
+    frozen_sh = shd.named(mesh, frozen_specs)
+    frozen = jax.device_put(frozen_host, frozen_sh)
+    return StepSetup(stage, frozen_host, txs, lrs, init_fn, key, abstract, state_sh, frozen, frozen_sh)
+
+
+def jit_train_step(setup: StepSetup, batch_sh) -> Callable:
+    """``stage.train_step`` jitted with the state, frozen and batch shardings; the state is donated."""
+    return jax.jit(functools.partial(setup.stage.train_step, txs=setup.txs),
+                   in_shardings=(setup.state_sh, setup.frozen_sh, batch_sh),
+                   out_shardings=(setup.state_sh, None), donate_argnums=(0,))
 
 
 class _StopFlag:
@@ -106,31 +149,21 @@ def train(config: Any, workdir: str, *, train_iter: Any = None, eval_batches: An
     if tc.batch_size % accum or (tc.batch_size // accum) % shd.batch_axes_size(rules, mesh):
         raise shd.ShardingError(f"train.batch_size {tc.batch_size} / grad_accum {accum} does not divide over the "
                                 f"{shd.batch_axes_size(rules, mesh)} data-parallel shards")
-    stage, frozen_host = build_stage(config)
-    txs, lrs = make_optimizers(config, stage.groups, with_schedules=True)
+    setup = prepare_step(config, mesh, rules)
+    stage, frozen_host, txs, lrs, key = setup.stage, setup.frozen_host, setup.txs, setup.lrs, setup.key
+    state_sh, frozen, frozen_sh = setup.state_sh, setup.frozen, setup.frozen_sh
     if train_iter is None:
         train_iter = train_data.make_train_iterator(config, mesh, rules)
     if eval_batches is None:
         eval_batches = train_data.make_eval_batches(config, mesh, rules)
-
-    batch_shape = (int(tc.batch_size), int(config.data.crop_samples))
-    seed = int(tc.seed)
-
-    def init_fn(key):
-        return st.create_state(stage.init(key, batch_shape), txs, stage.ema_groups, seed)
-
-    key = jax.random.PRNGKey(seed)
-    abstract = jax.eval_shape(init_fn, key)
-    specs = state_specs(abstract, txs, rules, mesh)
-    state_sh = shd.named(mesh, specs)
-    abstract_sh = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
+    abstract_sh = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), setup.abstract, state_sh)
 
     config_dict = config.to_dict()
     ckpt = Checkpointer(workdir, config_dict, save_every=int(tc.save_every), keep=int(tc.keep_checkpoints),
                         async_save=bool(tc.get("async_checkpoints", True)))
     state, restored_step = ckpt.restore(abstract_sh, train_iter)
     if state is None:
-        state = jax.jit(init_fn, out_shardings=state_sh)(key)
+        state = jax.jit(setup.init_fn, out_shardings=state_sh)(key)
         init = initial_params(config)
         if init:
             params = {**state.params}
@@ -146,10 +179,6 @@ def train(config: Any, workdir: str, *, train_iter: Any = None, eval_batches: An
         start = int(restored_step)
         log.info("resumed from step %d in %s", start, workdir)
 
-    frozen_specs = {k: (shd.param_specs(v, rules, mesh) if isinstance(v, dict) else P()) for k, v in frozen_host.items()}
-    frozen_sh = shd.named(mesh, frozen_specs)
-    frozen = jax.device_put(frozen_host, frozen_sh)
-
     first = next(train_iter)
     batch_sh = _batch_shardings(first, rules, mesh)
     if getattr(stage, "needs_scale_factor", False) or (config.stage == "ldm" and float(frozen_host["scale_factor"]) == 0):
@@ -162,10 +191,8 @@ def train(config: Any, workdir: str, *, train_iter: Any = None, eval_batches: An
         # workdir is self-contained for export and resume
         ckpt.config["ldm"]["scale_factor"] = float(frozen_host["scale_factor"])
 
-    step_fn = jax.jit(functools.partial(stage.train_step, txs=txs), in_shardings=(state_sh, frozen_sh, batch_sh),
-                      out_shardings=(state_sh, None), donate_argnums=(0,))
     t0 = time.perf_counter()
-    compiled = step_fn.lower(state, frozen, first).compile()
+    compiled = jit_train_step(setup, batch_sh).lower(state, frozen, first).compile()
     compile_s = time.perf_counter() - t0
     flops = compiled_flops(compiled)
     if flops:
