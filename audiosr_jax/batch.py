@@ -52,7 +52,6 @@ class BatchConfig:
     max_window_segments: int = 2  # windows of at most 2 × 5.12 s, the training crop length
     overwrite: bool = False
     match_loudness: bool = False
-    low_memory: bool = False  # stage by stage, one network's weights in memory at a time
 
 
 @dataclasses.dataclass
@@ -168,9 +167,8 @@ def run_batch(weights: AudioSRWeights, jobs: list[Job], cfg: BatchConfig = Batch
     devices = mesh.devices.size
     batch = cfg.batch_per_device * devices
     data_sharding, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+    # Lazy weights (load_weights(..., lazy=True), --low-memory) run stage by stage, one network in memory.
     params = jax.device_put(weights.params, replicated) if weights.resident else None
-    if not weights.resident and not cfg.low_memory:
-        raise ValueError("lazy weights (load_weights(..., lazy=True)) need BatchConfig(low_memory=True)")
     steps = num_sampler_steps(cfg.options, weights)
     results = {j.input: FileResult(j.input, j.output, "pending") for j in jobs}
     queues: dict[int, deque] = defaultdict(deque)  # window length → (file, channel, window) items
@@ -210,7 +208,7 @@ def run_batch(weights: AudioSRWeights, jobs: list[Job], cfg: BatchConfig = Batch
             noise = type(noise)(*(jax.device_put(a, NamedSharding(mesh, P(*([None] * (a.ndim - 4)), "data")))
                                   for a in noise))
             x = jax.device_put(x, data_sharding)
-            if cfg.low_memory:
+            if params is None:
                 y = super_resolve_windows_low_memory(weights, x, noise, cfg.options, sharding=replicated,
                                                      replace_low_band=False)
             else:

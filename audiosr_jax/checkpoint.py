@@ -31,7 +31,7 @@ from audiosr_jax.models.unet import UNetConfig, UNetModel
 from audiosr_jax.models.vae import AutoencoderKL, VAEConfig
 from audiosr_jax.models.vocoder import HiFiGAN, VocoderConfig
 
-__all__ = ["AudioSRWeights", "save_weights", "load_weights", "abstract_params", "select_part", "FORMAT", "PARTS"]
+__all__ = ["AudioSRWeights", "save_weights", "load_weights", "abstract_params", "abstract_tree", "select_part", "FORMAT", "PARTS"]
 
 FORMAT = "audiosr-jax/1"
 
@@ -80,10 +80,11 @@ class AudioSRWeights:
         is ignored); lazy ones restore just that part from the checkpoint, placed with `sharding`."""
         if self.resident:
             return select_part(self.params, name)
-        if name not in PARTS:
-            raise ValueError(f"unknown part {name!r}; expected one of {sorted(PARTS)}")
-        top, subs = PARTS[name]
-        return _restore_part(self, "cond_vae" if name == "cond_encoder" and self.has_cond_vae else top, subs, sharding)
+        return _restore_part(self, name, sharding)
+
+    def abstract_part(self, name: str) -> dict:
+        """ShapeDtypeStructs of `part(name)` (to compile a stage before its weights are read)."""
+        return select_part(abstract_tree(self.vae, self.unet, self.vocoder, self.architecture()["has_cond_vae"]), name)
 
 
 def select_part(params: dict, name: str) -> dict:
@@ -113,6 +114,14 @@ def abstract_params(vae: VAEConfig, unet: UNetConfig, vocoder: VocoderConfig, fr
         "unet": jax.eval_shape(UNetModel(unet).init, key, x, t)["params"],
         "vocoder": jax.eval_shape(HiFiGAN(vocoder).init, key, vmel)["params"],
     }
+
+
+def abstract_tree(vae: VAEConfig, unet: UNetConfig, vocoder: VocoderConfig, has_cond_vae: bool) -> dict:
+    """Shapes of a checkpoint's whole params tree: `abstract_params` plus "cond_vae" when it has one."""
+    tree = dict(abstract_params(vae, unet, vocoder))
+    if has_cond_vae:
+        tree["cond_vae"] = select_part(tree, "cond_encoder")
+    return tree
 
 
 def save_weights(weights: AudioSRWeights, directory: str | os.PathLike, overwrite: bool = False) -> None:
@@ -172,9 +181,7 @@ def load_weights(directory: str | os.PathLike, sharding: jax.sharding.Sharding |
         diffusion = DiffusionConfig.from_dict(arch.get("diffusion"))
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{arch_path}: invalid architecture: {e}") from None
-    target = dict(abstract_params(vae, unet, voc))
-    if arch.get("has_cond_vae"):
-        target["cond_vae"] = {k: v for k, v in target["vae"].items() if k in ("encoder", "quant_conv")}
+    target = abstract_tree(vae, unet, voc, bool(arch.get("has_cond_vae")))
     weights = AudioSRWeights(vae, unet, voc, {}, float(arch["scale_factor"]), arch.get("source", ""), diffusion,
                              directory=directory, has_cond_vae=bool(arch.get("has_cond_vae")))
     if lazy:
@@ -202,12 +209,12 @@ def _first_line(e: Exception) -> str:
     return msg.splitlines()[0][:300] if msg else type(e).__name__
 
 
-def _restore_part(weights: AudioSRWeights, top: str, subs, sharding) -> dict:
-    """Partial orbax restore of params[top] (only the `subs` modules when given), placed with `sharding`."""
+def _restore_part(weights: AudioSRWeights, name: str, sharding) -> dict:
+    """Partial orbax restore of one `PARTS` entry of a lazy checkpoint, placed with `sharding`."""
     import orbax.checkpoint as ocp
 
-    tree = abstract_params(weights.vae, weights.unet, weights.vocoder)["vae" if top == "cond_vae" else top]
-    tree = dict(tree) if subs is None else {k: tree[k] for k in subs}
+    tree = weights.abstract_part(name)  # raises for an unknown part
+    top = "cond_vae" if name == "cond_encoder" and weights.has_cond_vae else PARTS[name][0]
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     item = {top: tree}
     restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=sharding, global_shape=x.shape, dtype=x.dtype),

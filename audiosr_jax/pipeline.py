@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from audiosr_jax import audio, lowpass, postprocess
-from audiosr_jax.checkpoint import AudioSRWeights, abstract_params, select_part
+from audiosr_jax.checkpoint import AudioSRWeights, select_part
 from audiosr_jax.diffusion import sampling
 from audiosr_jax.diffusion.samplers import classifier_free_guidance
 from audiosr_jax.errors import AudioError
@@ -195,10 +195,7 @@ def _compiled_stage_cached(name, configs, options, param_shapes, arg_shapes):
 
 def _compiled_stage(name, weights: AudioSRWeights, configs, options, sharding, args):
     """The stage's XLA executable for these argument shapes, compiled from abstract weights (cached)."""
-    full = dict(abstract_params(weights.vae, weights.unet, weights.vocoder))
-    if weights.architecture()["has_cond_vae"]:
-        full["cond_vae"] = select_part(full, "cond_encoder")
-    part = select_part(full, name)
+    part = weights.abstract_part(name)
     if sharding is not None:
         part = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), part)
     leaves, treedef = jax.tree.flatten(part)

@@ -132,8 +132,7 @@ def main(argv=None) -> int:
         _check_sampler_fits(args, weights)
         cfg = BatchConfig(options=SamplingOptions(args.steps, args.guidance, args.eta, args.sampler, args.dtype),
                           seed=args.seed, batch_per_device=args.batch_size, max_channels=args.max_channels,
-                          overwrite=args.overwrite or single, match_loudness=args.match_loudness,
-                          low_memory=args.low_memory)
+                          overwrite=args.overwrite or single, match_loudness=args.match_loudness)
         start = time.perf_counter()
         results = run_batch(weights, jobs, cfg, mesh=mesh,
                             progress=not (args.no_progress or single))
