@@ -31,7 +31,8 @@ from audiosr_jax.models.unet import UNetConfig, UNetModel
 from audiosr_jax.models.vae import AutoencoderKL, VAEConfig
 from audiosr_jax.models.vocoder import HiFiGAN, VocoderConfig
 
-__all__ = ["AudioSRWeights", "save_weights", "load_weights", "abstract_params", "abstract_tree", "select_part", "FORMAT", "PARTS"]
+__all__ = ["AudioSRWeights", "save_weights", "load_weights", "check_output_dir", "is_checkpoint_dir", "abstract_params",
+           "abstract_tree", "select_part", "FORMAT", "PARTS"]
 
 FORMAT = "audiosr-jax/1"
 
@@ -124,30 +125,77 @@ def abstract_tree(vae: VAEConfig, unet: UNetConfig, vocoder: VocoderConfig, has_
     return tree
 
 
+def is_checkpoint_dir(path: str | os.PathLike) -> bool:
+    """Whether `path` is a directory that `save_weights` wrote and nothing else touched: exactly
+    ``architecture.json`` (of this format) and ``params/``. Only such a directory may be replaced."""
+    path = os.fspath(path)
+    if not os.path.isdir(path) or os.path.islink(path):
+        return False
+    if sorted(os.listdir(path)) != ["architecture.json", "params"] or not os.path.isdir(os.path.join(path, "params")):
+        return False
+    try:
+        with open(os.path.join(path, "architecture.json")) as f:
+            return json.load(f).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_output_dir(directory: str | os.PathLike, overwrite: bool) -> str:
+    """Refuse an output checkpoint path that must not be written (one-line CheckpointError): an existing
+    file, or an existing directory without `overwrite`, or one that is not itself a checkpoint of ours
+    (replacing it would delete files this program did not write). Returns the absolute path."""
+    directory = os.path.abspath(os.fspath(directory))
+    if os.path.lexists(directory) and not os.path.isdir(directory):
+        raise CheckpointError(f"{directory}: exists and is not a directory; the output must be a new or "
+                              "checkpoint directory")
+    if os.path.exists(directory):
+        if not overwrite:
+            raise CheckpointError(f"{directory}: already exists (pass overwrite=True / --overwrite to replace it)")
+        if not is_checkpoint_dir(directory):
+            raise CheckpointError(f"{directory}: not an audiosr-jax checkpoint (it holds other files); refusing "
+                                  "to replace it, choose a new output directory")
+    return directory
+
+
 def save_weights(weights: AudioSRWeights, directory: str | os.PathLike, overwrite: bool = False) -> None:
-    """Write `weights` to `directory` atomically (temp dir + rename). Refuses to replace an existing
-    directory unless `overwrite`."""
+    """Write `weights` to `directory` atomically: into a sibling temporary directory, then swapped in, so an
+    interrupted save never leaves a half-written checkpoint and a failed one leaves the previous intact.
+    An existing directory is replaced only with `overwrite` and only when it is a checkpoint of ours
+    (`check_output_dir`)."""
     import orbax.checkpoint as ocp
 
-    directory = os.path.abspath(os.fspath(directory))
-    if os.path.exists(directory) and not overwrite:
-        raise CheckpointError(f"{directory}: already exists (pass overwrite=True / --overwrite to replace it)")
+    directory = check_output_dir(directory, overwrite)
     _check_finite(weights.params, directory)
     parent = os.path.dirname(directory)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-", dir=parent)
+    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(directory) + ".tmp-", dir=parent)
     try:
         ckptr = ocp.StandardCheckpointer()
         ckptr.save(os.path.join(tmp, "params"), weights.params)
         ckptr.wait_until_finished()
         with open(os.path.join(tmp, "architecture.json"), "w") as f:
             json.dump(weights.architecture(), f, indent=2)
-        if os.path.exists(directory):
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
+        _swap_in(tmp, directory)
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _swap_in(new: str, directory: str) -> None:
+    """Rename `new` to `directory`; a previous checkpoint there is renamed aside first and deleted only once
+    the new one is in place (restored if the rename fails)."""
+    if not os.path.exists(directory):
+        os.replace(new, directory)
+        return
+    old = tempfile.mkdtemp(prefix="." + os.path.basename(directory) + ".old-", dir=os.path.dirname(directory))
+    os.rmdir(old)
+    os.replace(directory, old)
+    try:
+        os.replace(new, directory)
+    except BaseException:
+        os.replace(old, directory)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_weights(directory: str | os.PathLike, sharding: jax.sharding.Sharding | None = None,

@@ -175,3 +175,79 @@ def test_command_line(tmp_path, tiny_torch_checkpoint):
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "missing.bin: no such file" in bad.stderr
     assert "Traceback" not in bad.stderr and not (tmp_path / "o").exists()
+
+
+def _snapshot(root):
+    """{relative path: bytes} of every file under root (to prove nothing was touched)."""
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            p = os.path.join(dirpath, name)
+            with open(p, "rb") as f:
+                out[os.path.relpath(p, root)] = f.read()
+    return out
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_a_checkpoint(tmp_path, tiny_torch_checkpoint):
+    """--overwrite on a folder holding the source and other files: one-line refusal, every file kept."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    src = folder / "tiny.safetensors"
+    src.write_bytes(open(tiny_torch_checkpoint, "rb").read())
+    (folder / "notes.txt").write_text("my notes")
+    before = _snapshot(folder)
+    run = subprocess.run([sys.executable, "-m", "audiosr_jax.convert", str(src), str(folder), "--overwrite"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.strip().count("\n") == 0 and "not an audiosr-jax checkpoint" in run.stderr
+    assert _snapshot(folder) == before and sorted(os.listdir(tmp_path)) == ["models"]
+    # a folder elsewhere that holds other files: refused the same way
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.wav").write_bytes(b"RIFF")
+    with pytest.raises(CheckpointError, match="not an audiosr-jax checkpoint"):
+        convert_file(src, other, overwrite=True)
+    assert _snapshot(other) == {"keep.wav": b"RIFF"}
+
+
+def test_existing_file_as_output_is_one_line_error(tmp_path, tiny_torch_checkpoint):
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"precious")
+    for flags in ([], ["--overwrite"]):
+        run = subprocess.run([sys.executable, "-m", "audiosr_jax.convert", tiny_torch_checkpoint, str(target), *flags],
+                             capture_output=True, text=True, cwd=REPO)
+        assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+        assert run.stderr.strip().count("\n") == 0 and "not a directory" in run.stderr
+        assert target.read_bytes() == b"precious"
+    with pytest.raises(CheckpointError, match="not a directory"):  # the input as its own output
+        convert_file(tiny_torch_checkpoint, tiny_torch_checkpoint, overwrite=True)
+
+
+def test_overwrite_replaces_only_our_checkpoint_and_leaves_nothing_behind(tmp_path, tiny_sd):
+    weights, _ = convert_state_dict(tiny_sd)
+    out = tmp_path / "ckpt"
+    save_weights(weights, out)
+    weights.scale_factor = 0.25
+    save_weights(weights, out, overwrite=True)
+    assert load_weights(out).scale_factor == 0.25 and sorted(os.listdir(tmp_path)) == ["ckpt"]
+    (out / "extra.txt").write_text("added by the user")  # no longer only ours: never replaced
+    with pytest.raises(CheckpointError, match="not an audiosr-jax checkpoint"):
+        save_weights(weights, out, overwrite=True)
+    assert (out / "extra.txt").read_text() == "added by the user"
+
+
+def test_failed_replacement_keeps_the_previous_checkpoint(tmp_path, tiny_sd, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    weights, _ = convert_state_dict(tiny_sd)
+    out = tmp_path / "ckpt"
+    save_weights(weights, out)
+    before = _snapshot(out)
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ocp.StandardCheckpointer, "save", boom)
+    with pytest.raises(OSError):
+        save_weights(weights, out, overwrite=True)
+    assert _snapshot(out) == before and sorted(os.listdir(tmp_path)) == ["ckpt"]

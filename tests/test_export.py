@@ -239,3 +239,20 @@ def test_module_entry_point(workdirs, tmp_path):
                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert r.returncode == 2 and r.stderr.strip().startswith("error: ") and "absent" in r.stderr, r.stderr
 
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_checkpoint(workdirs, tmp_path, capsys):
+    """--out FOLDER --overwrite where FOLDER holds the user's files: one line, nothing deleted."""
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "model.bin").write_bytes(b"weights the user keeps")
+    args = ["--vae", workdirs["vae"], "--ldm", workdirs["ldm"], "--vocoder", workdirs["vocoder"], "--out", str(out),
+            "--overwrite"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not an audiosr-jax checkpoint" in err
+    assert os.listdir(out) == ["model.bin"] and (out / "model.bin").read_bytes() == b"weights the user keeps"
+    f = tmp_path / "file"
+    f.write_text("x")
+    args[args.index(str(out))] = str(f)
+    assert main(args) == 2 and "not a directory" in capsys.readouterr().err and f.read_text() == "x"

@@ -143,11 +143,11 @@ def convert_state_dict(tensors: Mapping, origin: str = "checkpoint") -> tuple[Au
 def convert_file(src: str | os.PathLike, dst: str | os.PathLike | None = None,
                  overwrite: bool = False) -> tuple[AudioSRWeights, ConversionReport]:
     """Convert a .bin/.pth/.ckpt/.safetensors file; if `dst` is given, save the checkpoint directory there."""
-    from audiosr_jax.checkpoint import save_weights
+    from audiosr_jax.checkpoint import check_output_dir, save_weights
 
     src = os.fspath(src)
-    if dst is not None and os.path.exists(dst) and not overwrite:
-        raise ConversionError(f"{dst}: already exists (use --overwrite)")
+    if dst is not None:  # before the (slow) conversion; only a checkpoint of ours (never the input) is replaced
+        check_output_dir(dst, overwrite)
     tensors = open_state_dict(src)
     weights, report = convert_state_dict(tensors, origin=src)
     if dst is not None:

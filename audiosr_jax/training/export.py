@@ -32,7 +32,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from audiosr_jax.checkpoint import AudioSRWeights, abstract_params, save_weights
+from audiosr_jax.checkpoint import AudioSRWeights, abstract_params, check_output_dir, save_weights
 from audiosr_jax.diffusion.config import DiffusionConfig
 from audiosr_jax.errors import CheckpointError
 
@@ -285,8 +285,7 @@ def export_weights(vae: str, ldm: str, vocoder: str, out: str, *, use_ema: bool 
         o = os.path.realpath(out_abs)
         if s == o or s.startswith(o + os.sep):  # replacing `out` would delete the source
             raise CheckpointError(f"{out}: the output overlaps the {flag} source {src}; choose another --out")
-    if os.path.exists(out_abs) and not overwrite:
-        raise CheckpointError(f"{out}: already exists (pass --overwrite / overwrite=True to replace it)")
+    check_output_dir(out_abs, overwrite)  # only a checkpoint of ours is ever replaced
 
     # 1. configs only: every refusal that needs no weights comes before reading gigabytes of them
     v, u, g = _open_source(vae, "vae"), _open_source(ldm, "unet"), _open_source(vocoder, "vocoder")
