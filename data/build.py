@@ -9,7 +9,8 @@ file). ``--corpus DIR`` adds ``DIR/speech``, ``DIR/music`` and ``DIR/effects`` w
 ``data/build_corpus.py``). Writes ``<data_dir>/audio_segments/<config name>/1.0.0/`` and prints its path; the
 build report (skipped files with reasons, counts) is ``build_report.json`` there. Bad files are skipped and
 listed; a user error (no audio in a folder, no segment fits, existing build without --overwrite) prints one
-line and exits with status 2.
+line and exits with status 2. ``--overwrite`` replaces a previous build of the same config only once the new
+one is complete (a failed or interrupted build leaves it intact), and never a folder that is not such a build.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--min_sample_rate", type=int, default=d.min_sample_rate)
     ap.add_argument("--max_channels", type=int, default=d.max_channels)
     ap.add_argument("--workers", type=int, default=None, help="decode threads (default min(4, cpus))")
-    ap.add_argument("--overwrite", action="store_true", help="replace an existing build of the same config")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace an existing build of the same config, once the new one is complete")
     ap.add_argument("--quiet", action="store_true", help="only warnings (skipped files) and the result")
     return ap.parse_args(argv)
 

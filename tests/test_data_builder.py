@@ -17,6 +17,7 @@ import soundfile as sf
 
 from audiosr_jax.data.segments import (
     DOMAINS,
+    REPORT_NAME,
     AudioSegments,
     DatasetError,
     SegmentConfig,
@@ -172,6 +173,132 @@ def test_existing_build_needs_overwrite(built, tmp_path):
     v2 = build_dataset({"music": [SLICE / "music"], "speech": [SLICE / "speech"]}, other, config=SEG1,
                        overwrite=True)
     assert v2 == v and read_build_report(v)["files_seen"] == 4
+
+
+# ----------------------------------------------------------------------------------------------------------
+# --overwrite: the previous build stays intact until the new one is complete
+
+
+def _tree(root):
+    """Every file and folder under `root` (relative path -> bytes, None for a folder): a byte-exact snapshot."""
+    return {p.relative_to(root).as_posix(): (None if p.is_dir() else p.read_bytes())
+            for p in sorted(Path(root).rglob("*"))}
+
+
+def _build_cli(*args):
+    """Run ``data/build.py``'s main in-process (same code path as the command line); returns its exit status."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_build_cli", REPO / "data" / "build.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main(["--quiet", "--segment_seconds", "1.0", "--workers", "1", *map(str, args)])
+
+
+@pytest.fixture
+def old_build(built, tmp_path):
+    """A copy of the module's build in a data dir of its own (``tmp_path / "tfds"``): its version dir."""
+    v = tmp_path / "tfds" / built.relative_to(built.parents[2])
+    shutil.copytree(built, v)
+    return v
+
+
+@pytest.mark.parametrize("bad", ["missing", "unusable"])
+def test_overwrite_with_bad_sources_keeps_the_old_build(old_build, tmp_path, capsys, bad):
+    # a mistyped --source (no such folder) fails before anything is built; a folder of unusable files fails
+    # inside the TFDS build: either way the build already there survives byte for byte
+    data_dir = old_build.parents[2]
+    before = _tree(data_dir)
+    src = tmp_path / "musik"
+    if bad == "unusable":
+        src.mkdir()
+        (src / "a.wav").write_bytes(b"")
+    rc = _build_cli("--source", f"music={src}", "--data_dir", data_dir, "--overwrite")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("error: ") and str(src) in err[-1]
+    assert _tree(data_dir) == before  # old build unchanged, no temporary folder left
+    assert len(open_split(old_build, "train")) == read_build_report(old_build)["segments"]["train"]
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("disk full"), KeyboardInterrupt()])
+def test_overwrite_failing_mid_build_keeps_the_old_build(old_build, monkeypatch, exc):
+    data_dir = old_build.parents[2]
+    before = _tree(data_dir)
+    original = AudioSegments._generate_examples
+
+    def failing(self, split):  # fails after some examples of the new build were written
+        for i, item in enumerate(original(self, split)):
+            if i == 2:
+                raise exc
+            yield item
+
+    monkeypatch.setattr(AudioSegments, "_generate_examples", failing)
+    with pytest.raises(type(exc)):
+        build_dataset({"music": [SLICE / "music"]}, data_dir, config=SEG1, overwrite=True)
+    assert _tree(data_dir) == before
+
+
+def test_overwrite_success_swaps_in_the_new_build(old_build, tmp_path):
+    data_dir = old_build.parents[2]
+    assert read_build_report(old_build)["files_seen"] == 6
+    fresh = build_dataset({"music": [SLICE / "music"]}, tmp_path / "fresh", config=SEG1)
+    v = build_dataset({"music": [SLICE / "music"]}, data_dir, config=SEG1, overwrite=True)
+    assert v == old_build
+    rep = read_build_report(v)
+    assert rep["files_seen"] == 2 and rep["inputs"] == [{"domain": "music", "path": str(SLICE / "music")}]
+    # the same tree as a build straight into an empty data dir: nothing of the old build, no temporary folder
+    assert _tree(data_dir) == _tree(tmp_path / "fresh")
+    assert sorted(os.listdir(data_dir)) == ["audio_segments"]
+    # the moved build reads back through TFDS (no file names the staging folder it was built in)
+    assert not [n for n, b in _tree(data_dir).items() if b and b".audio_segments-build-" in b]
+    import tensorflow_datasets as tfds
+
+    assert tfds.builder_from_directory(str(v)).info.splits["train"].num_examples == rep["segments"]["train"]
+    got = sorted((e["source"].decode(), int(e["offset"])) for s in rep["segments"] for e in all_examples(v, s))
+    assert got == sorted((e["source"].decode(), int(e["offset"]))
+                         for s in rep["segments"] for e in all_examples(fresh, s))
+    assert {s.split("/")[0] for s, _ in got} == {"music"}
+
+
+def test_swap_puts_the_old_build_back_when_the_new_one_cannot_move_in(tmp_path, monkeypatch):
+    from audiosr_jax.data import segments
+
+    old, new, aside = tmp_path / "cfg" / "1.0.0", tmp_path / "staging" / "1.0.0", tmp_path / "staging" / "previous"
+    for d, text in ((old, "old"), (new, "new")):
+        d.mkdir(parents=True)
+        (d / "f").write_text(text)
+    rename = os.rename
+
+    def failing_rename(src, dst):  # the new build's move into place fails (or is interrupted)
+        if Path(src) == new:
+            raise KeyboardInterrupt
+        rename(src, dst)
+
+    monkeypatch.setattr(segments.os, "rename", failing_rename)
+    with pytest.raises(KeyboardInterrupt):
+        segments._swap_in(new, old, aside)
+    assert (old / "f").read_text() == "old" and not aside.exists() and (new / "f").read_text() == "new"
+
+
+@pytest.mark.parametrize("kind", ["other files", "empty folder", "a file", "another dataset"])
+def test_overwrite_refuses_a_path_that_is_not_our_build(tmp_path, kind):
+    data_dir = tmp_path / "tfds"
+    v = data_dir / "audio_segments" / SEG1.name / "1.0.0"
+    v.parent.mkdir(parents=True)
+    if kind == "a file":
+        v.write_text("precious")
+    else:
+        v.mkdir()
+        if kind == "other files":
+            (v / "thesis.tex").write_text("precious")
+        elif kind == "another dataset":
+            (v / "dataset_info.json").write_text(json.dumps({"name": "mnist", "version": "1.0.0"}))
+            (v / REPORT_NAME).write_text("{}")
+    before = _tree(data_dir)
+    with pytest.raises(DatasetError, match="not a build of audio_segments") as e:
+        build_dataset({"music": [SLICE / "music"]}, data_dir, config=SEG1, overwrite=True)
+    assert str(v) in str(e.value) and "\n" not in str(e.value)
+    assert _tree(data_dir) == before
 
 
 def test_manual_dir_path_used_by_tfds_build(tmp_path):

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from audiosr_jax.diffusion import parameterization as P
-from audiosr_jax.diffusion.samplers import classifier_free_guidance, ddim_sample, ddim_tables, ddim_timesteps
+from audiosr_jax.diffusion.samplers import (
+    DDIMTables,
+    classifier_free_guidance,
+    ddim_sample,
+    ddim_tables,
+    ddim_timesteps,
+)
 from audiosr_jax.diffusion.schedules import cosine_alphas_cumprod, make_alphas_cumprod
 
 
@@ -152,3 +158,74 @@ def test_ddim_grid_for_other_num_timesteps():
     np.testing.assert_array_equal(ddim_timesteps(7, 100), np.arange(0, 100, 14)[:8] + 1)
     tab = ddim_tables(make_alphas_cumprod("linear", 200), 10, eta=0.0)
     assert tab.timesteps[0] == 181 and np.all(tab.sigma == 0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# η up to 1 at every step count the CLI accepts: σ² never exceeds 1 − ᾱ_prev
+
+
+def _unclamped_sigma(ac, steps, eta):
+    """σ as the reference's formula gives it, sampling order, float32 (no bound applied)."""
+    ts = ddim_timesteps(steps, len(ac))
+    ac32 = np.asarray(ac, np.float32)
+    a = ac32[ts].astype(np.float64)
+    a_prev = np.concatenate([ac32[:1], ac32[ts[:-1]]]).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sigma = np.nan_to_num(eta * np.sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev)))
+    return sigma[::-1].astype(np.float32)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+@pytest.mark.parametrize("steps", [2, 50, 200, 333, 334, 500, 999, 1000])
+@pytest.mark.parametrize("eta", [0.5, 1.0])
+def test_ddim_sigma_bound_holds_in_float32_and_clamps_only_where_exceeded(schedule, steps, eta):
+    # The sampler takes √(1 − ᾱ_prev − σ²) in float32: with ᾱ_t = 0 (t = 999, reached for S ≥ 334 on the
+    # cosine schedule) and η = 1, σ² = 1 − ᾱ_prev exactly, and float32 rounding made the argument negative.
+    ac = make_alphas_cumprod(schedule, 1000)
+    tab = ddim_tables(ac, steps, eta)
+    one = np.float32(1.0)
+    slack = one - tab.alpha_prev - tab.sigma * tab.sigma  # float32, as the update computes it
+    assert (slack >= 0).all(), f"sigma^2 > 1 - alpha_prev at sampling steps {np.nonzero(slack < 0)[0]}"
+    old = _unclamped_sigma(ac, steps, eta)
+    fits = one - tab.alpha_prev - old * old >= 0
+    np.testing.assert_array_equal(tab.sigma[fits], old[fits])  # untouched wherever the bound held
+    assert np.all(tab.sigma[~fits] < old[~fits])
+    if schedule == "cosine" and eta == 1.0 and steps >= 334:
+        assert not fits[0] and fits[1:].all()  # only the step from ᾱ_999 = 0 is clamped
+
+
+@pytest.mark.parametrize("steps", [334, 500, 999, 1000])
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_ddim_is_finite_for_any_eta_and_step_count_on_the_model_schedule(steps, eta):
+    from audiosr_jax.diffusion import sampling
+
+    ac = cosine_alphas_cumprod(1000)
+    rng = np.random.default_rng(4)
+    x_data = jnp.asarray(0.5 * rng.standard_normal((2, 8)), jnp.float32)
+    sa_tab, s1_tab = jnp.asarray(np.sqrt(ac), jnp.float32), jnp.asarray(np.sqrt(1 - ac), jnp.float32)
+
+    def oracle(x, t):  # the v that leads every x_t to x_data
+        sa, s1 = sa_tab[t][:, None], s1_tab[t][:, None]
+        return sa * (x - sa * x_data) / s1 - s1 * x_data
+
+    n = sampling.num_noise_steps("ddim", steps)
+    noise = jnp.asarray(rng.standard_normal((n, 2, 8)), jnp.float32)
+    x_T = jnp.asarray(rng.standard_normal((2, 8)), jnp.float32)
+    out = np.asarray(sampling.sample("ddim", oracle, x_T, ac, steps, parameterization="v", eta=eta, noise=noise))
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+    # x₀ = √ᾱ_0·x_data + the last step's noise σ·z (σ ≤ √(1 − ᾱ_0) ≈ 6e-3)
+    np.testing.assert_allclose(out, np.sqrt(ac[0]) * np.asarray(x_data), atol=0.05)
+
+
+def test_ddim_update_clamps_a_slightly_negative_variance_in_graph():
+    # A hand-made table whose σ² exceeds 1 − ᾱ_prev by a float32 rounding: the update stays finite and equals
+    # σ·z plus the x₀ term (the ε term's coefficient clamped to 0), instead of NaN.
+    a_prev = np.float32(0.9999587)
+    sigma = np.nextafter(np.sqrt(np.float32(1) - a_prev), np.float32(1))
+    assert np.float32(1) - a_prev - sigma * sigma < 0
+    tab = DDIMTables(np.array([999], np.int32), np.array([0.0], np.float32), np.array([1.0], np.float32),
+                     np.array([a_prev]), np.array([sigma]))
+    x_data = jnp.full((1, 4), 0.25, jnp.float32)
+    z = jnp.ones((1, 1, 4), jnp.float32)
+    out = np.asarray(ddim_sample(lambda x, t: -x_data + 0 * x, jnp.zeros((1, 4)), z, tab))
+    np.testing.assert_allclose(out, np.sqrt(a_prev) * 0.25 + sigma, rtol=1e-6)

@@ -2,7 +2,8 @@
 
 Nothing is copied when the file is opened: safetensors files are read through `safe_open`, and pickled torch
 files through `torch.load(mmap=True, weights_only=True)`, so a 6 GB checkpoint costs page cache, not RAM.
-A tensor becomes a float32 numpy array only when the converter asks for it.
+A tensor becomes a float32 numpy array only when the converter asks for it; the dtype it is stored in stays
+known (`stored_dtype`), for checks whose tolerance depends on it.
 """
 
 from __future__ import annotations
@@ -11,23 +12,47 @@ import os
 import zipfile
 from collections.abc import Iterator, Mapping
 
+import ml_dtypes
 import numpy as np
 
 from audiosr_jax.errors import CheckpointError
 
-__all__ = ["open_state_dict", "LazyTensor"]
+__all__ = ["open_state_dict", "LazyTensor", "stored_dtype", "HALF_PRECISION"]
+
+# dtype names of 16-bit float storage -> numpy dtypes (bfloat16 from ml_dtypes, which JAX ships)
+HALF_PRECISION = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+
+# safetensors dtype codes -> numpy-style names
+_SAFETENSORS_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64", "I8": "int8",
+                       "I16": "int16", "I32": "int32", "I64": "int64", "U8": "uint8", "BOOL": "bool"}
 
 
 class LazyTensor:
-    """A tensor in a checkpoint: `.shape` without reading it, `np.asarray(t)` reads it as float32."""
+    """A tensor in a checkpoint: `.shape` and `.stored_dtype` (its dtype in the file, e.g. "float16") without
+    reading it; `np.asarray(t)` reads it as float32."""
 
-    def __init__(self, shape, load):
+    def __init__(self, shape, load, stored_dtype: str = "float32"):
         self.shape = tuple(int(s) for s in shape)
+        self.stored_dtype = stored_dtype
         self._load = load
 
     def __array__(self, dtype=None, copy=None):
         x = self._load()
         return x if dtype is None else x.astype(dtype, copy=False)
+
+
+def stored_dtype(tensor) -> str:
+    """The dtype name a state-dict entry is stored in ("float16", "bfloat16", "float32", ...).
+
+    tensor: a LazyTensor (its dtype in the file, before the float32 read), a numpy array or a torch tensor
+    (their own dtype), or anything `np.asarray` takes."""
+    name = getattr(tensor, "stored_dtype", None)
+    if name is not None:
+        return name
+    dtype = getattr(tensor, "dtype", None)
+    if dtype is None:
+        dtype = np.asarray(tensor).dtype
+    return str(dtype).removeprefix("torch.")
 
 
 class _StateDict(Mapping):
@@ -58,7 +83,11 @@ def _open_safetensors(path: str) -> _StateDict:
     def loader(k):
         return lambda: np.asarray(handle.get_tensor(k), dtype=np.float32)
 
-    tensors = {k: LazyTensor(handle.get_slice(k).get_shape(), loader(k)) for k in keys}
+    tensors = {}
+    for k in keys:
+        info = handle.get_slice(k)
+        code = info.get_dtype()
+        tensors[k] = LazyTensor(info.get_shape(), loader(k), _SAFETENSORS_DTYPES.get(code, code.lower()))
     return _StateDict(tensors, keepalive=handle)
 
 
@@ -95,7 +124,7 @@ def _open_torch(path: str) -> _StateDict:
     def loader(t):
         return lambda: t.detach().to(torch.float32).numpy()
 
-    tensors = {k: LazyTensor(t.shape, loader(t)) for k, t in flat.items()}
+    tensors = {k: LazyTensor(t.shape, loader(t), str(t.dtype).removeprefix("torch.")) for k, t in flat.items()}
     return _StateDict(tensors, keepalive=obj)
 
 

@@ -25,6 +25,10 @@ input order, TFDS shuffles by a hash of the example key, and examples are serial
 entries (see ``_deterministic_example_serialization``); two builds of the same inputs give byte-identical
 ArrayRecord files, ``features.json`` and ``dataset_info.json``.
 
+Nothing is lost on a rebuild: :func:`build_dataset` builds into a hidden staging folder next to the dataset and
+renames the finished version dir into place; with ``overwrite`` the previous build (only a build of this builder)
+is replaced only then, so bad sources, a crash or Ctrl-C leave it byte for byte as it was.
+
 Reading needs no TensorFlow: ``open_split(version_dir, "train")[i]`` is a dict of numpy values.
 """
 
@@ -39,6 +43,7 @@ import logging
 import math
 import os
 import shutil
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -637,7 +642,9 @@ def build_dataset(sources, data_dir, *, config: SegmentConfig | None = None, ove
       data_dir: TFDS data dir; the dataset goes to ``<data_dir>/audio_segments/<config name>/<version>/``.
       config: the :class:`SegmentConfig` (default: 10.24 s, pad, mix).
       overwrite: replace an existing build of the same config; without it an existing build is an error (the
-        config name does not encode the sources, so silently reusing it could serve other data).
+        config name does not encode the sources, so silently reusing it could serve other data). Only a build
+        of this builder is replaced, and only once the new one is complete (see :func:`_swap_in`): a build that
+        fails or is interrupted leaves the previous one as it was.
       workers: decode/resample threads (default min(4, cpu count)); the output does not depend on it.
       cache_bytes: int16 segments kept in memory between the decode pass and writing; files beyond it are
         decoded again while writing (same bytes, more time).
@@ -648,37 +655,42 @@ def build_dataset(sources, data_dir, *, config: SegmentConfig | None = None, ove
 
     Raises:
       DatasetError: no sources, unknown domain, a folder with no audio, no usable file, no segment fits, every
-        segment silent, or an existing build without ``overwrite``. Bad *files* never raise: they are skipped
-        and listed in ``build_report.json``.
+        segment silent, an existing build without ``overwrite``, or something at the version dir's path that is
+        not a build of ours. Bad *files* never raise: they are skipped and listed in ``build_report.json``.
     """
     t0 = time.perf_counter()
     bc = builder_config_for(config)
     pairs = normalize_sources(sources)
     data_dir = Path(data_dir)
-    builder = AudioSegments(sources=pairs, workers=workers, cache_bytes=cache_bytes, data_dir=str(data_dir),
-                            config=bc)
-    version_dir = Path(os.fspath(builder.data_dir))
-    if version_dir.exists():
+    rel = Path(AudioSegments.name, bc.name, str(AudioSegments.VERSION))  # TFDS's <name>/<config>/<version>
+    version_dir = data_dir / rel
+    if version_dir.exists() or version_dir.is_symlink():
         if not overwrite:
             raise DatasetError(f"{version_dir} already exists; pass overwrite=True (--overwrite) to rebuild it")
-        shutil.rmtree(version_dir)
-    # folders TFDS creates before our checks run: removed again when the build fails, so nothing is left
+        if not _is_our_build(version_dir):
+            raise DatasetError(f"{version_dir}: not a build of {AudioSegments.name} (no dataset_info.json and "
+                               f"{REPORT_NAME} of this builder); refusing to replace it, move it away first")
+    _discover(pairs)  # a missing folder or one without audio: fail before anything touches the disk
+    # build into a hidden sibling TFDS data dir (same filesystem: the finished version dir is renamed into
+    # place); removed whatever happens, so a failed build leaves data_dir as it was
     new_data_dir = not data_dir.exists()
-    ours = next((p for p in (data_dir / "audio_segments", version_dir.parent) if not p.exists()), None)
-    _discover(pairs)  # a missing folder or one without audio: fail before TFDS touches the disk
-    dl_config = tfds.download.DownloadConfig(try_download_gcs=False,
-                                             compute_stats=tfds.download.ComputeStatsMode.SKIP)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{AudioSegments.name}-build-", dir=data_dir))
     try:
-        builder.download_and_prepare(download_dir=str(data_dir / "downloads"), download_config=dl_config)
-    except BaseException:
-        _drop_empty_dir(data_dir / "downloads")
-        if ours is not None:  # the outermost folder this call created below data_dir
-            shutil.rmtree(ours, ignore_errors=True)
+        builder = AudioSegments(sources=pairs, workers=workers, cache_bytes=cache_bytes, data_dir=str(staging),
+                                config=bc)
+        built = Path(os.fspath(builder.data_dir))
+        if built != staging / rel:  # the layout this function relies on to find the build
+            raise RuntimeError(f"TFDS put the {bc.name} build at {built}, expected {staging / rel}")
+        dl_config = tfds.download.DownloadConfig(try_download_gcs=False,
+                                                 compute_stats=tfds.download.ComputeStatsMode.SKIP)
+        builder.download_and_prepare(download_dir=str(staging / "downloads"), download_config=dl_config)
+        _swap_in(built, version_dir, aside=staging / "previous")
+        _carry_config_metadata(staging / rel.parts[0], data_dir / rel.parts[0])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # the new build's leftovers, or the replaced old build
         if new_data_dir:
             _drop_empty_dir(data_dir)
-        raise
-    finally:
-        _drop_empty_dir(data_dir / "downloads")
     rep = json.loads((version_dir / REPORT_NAME).read_text())
     logger.info(
         "built %s in %.1f s: %d files seen, %d used, %d skipped; segments %s; %d silent dropped, %d tails dropped,"
@@ -688,6 +700,47 @@ def build_dataset(sources, data_dir, *, config: SegmentConfig | None = None, ove
     for s in rep["skipped"]:
         logger.info("  skipped %s: %s", s["path"], s["reason"])
     return version_dir
+
+
+def _is_our_build(path: Path) -> bool:
+    """True when ``path`` is a finished build of this builder (a real folder holding TFDS's
+    ``dataset_info.json`` named ``audio_segments`` and our ``build_report.json``), i.e. safe to replace."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    try:
+        info = json.loads((path / "dataset_info.json").read_text())
+        report = json.loads((path / REPORT_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(info, dict) and isinstance(report, dict) and info.get("name") == AudioSegments.name
+            and report.get("dataset") == AudioSegments.name)
+
+
+def _swap_in(new: Path, target: Path, aside: Path) -> None:
+    """Move the finished build ``new`` to ``target``; a build already there is first renamed to ``aside``.
+
+    All three paths are on one filesystem (renames are atomic). There is never a moment where a failure loses
+    both builds: if the second rename fails (or is interrupted) the old build is renamed back. The caller
+    deletes ``aside``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not (target.exists() or target.is_symlink()):
+        os.rename(new, target)
+        return
+    os.rename(target, aside)
+    try:
+        os.rename(new, target)
+    except BaseException:
+        os.rename(aside, target)
+        raise
+
+
+def _carry_config_metadata(staged: Path, dataset_dir: Path) -> None:
+    """Move TFDS's ``<name>/.config/metadata.json`` (the default config name, which TFDS rewrites on every
+    build) from the staging data dir to the real one, so the layout is the same as a build made in place."""
+    src = staged / ".config" / "metadata.json"
+    if src.is_file():
+        (dataset_dir / ".config").mkdir(parents=True, exist_ok=True)
+        os.replace(src, dataset_dir / ".config" / "metadata.json")
 
 
 def _drop_empty_dir(path: Path) -> None:

@@ -44,24 +44,42 @@ class DDIMTables(NamedTuple):
     sqrt_alpha: np.ndarray  # √ᾱ_t, float32
     sqrt_one_minus_alpha: np.ndarray  # √(1−ᾱ_t)
     alpha_prev: np.ndarray  # ᾱ of the next (smaller) t; ᾱ_0 (not 1) after the last step, as the reference
-    sigma: np.ndarray  # η·√((1−ᾱ_prev)/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_prev)
+    sigma: np.ndarray  # η·√((1−ᾱ_prev)/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_prev), capped so that σ² ≤ 1−ᾱ_prev in float32
 
 
 def ddim_tables(alphas_cumprod: np.ndarray, num_steps: int, eta: float = 1.0) -> DDIMTables:
     """DDIM constants for `num_steps` steps of a schedule ᾱ (float64 [T]), mirroring the reference's dtypes:
-    √ᾱ and √(1−ᾱ) from the float64 table, ᾱ_t/ᾱ_prev/σ from its float32 copy."""
+    √ᾱ and √(1−ᾱ) from the float64 table, ᾱ_t/ᾱ_prev/σ from its float32 copy. σ is clamped to the DDIM
+    bound σ² ≤ 1 − ᾱ_prev (see `_bound_sigma`), which only η near 1 at t = T−1 reaches."""
     ts = ddim_timesteps(num_steps, len(alphas_cumprod))
     ac32 = np.asarray(alphas_cumprod, np.float32)
     a = ac32[ts].astype(np.float64)
     a_prev = np.concatenate([ac32[:1], ac32[ts[:-1]]]).astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         sigma = eta * np.sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev))
-    sigma = np.nan_to_num(sigma)
+    sigma = _bound_sigma(np.nan_to_num(sigma), a_prev)
     sqrt_a = np.sqrt(alphas_cumprod)[ts]
     sqrt_1ma = np.sqrt(1.0 - alphas_cumprod)[ts]
     rev = slice(None, None, -1)
     return DDIMTables(ts[rev].astype(np.int32), sqrt_a[rev].astype(np.float32), sqrt_1ma[rev].astype(np.float32),
-                      a_prev[rev].astype(np.float32), sigma[rev].astype(np.float32))
+                      a_prev[rev].astype(np.float32), sigma[rev])
+
+
+def _bound_sigma(sigma: np.ndarray, a_prev: np.ndarray) -> np.ndarray:
+    """σ (float64 [S]) clamped so that the update's √(1 − ᾱ_prev − σ²), taken in float32, is real; float32 [S].
+
+    a_prev: ᾱ_prev (float64 [S], values of the float32 table). At ᾱ_t = 0 (t = T−1 on zero-terminal-SNR schedules)
+    with η = 1, σ² = 1 − ᾱ_prev exactly, and float32 rounding of σ alone made 1 − ᾱ_prev − σ² < 0 (NaN). Only
+    entries that break the bound change: σ is capped at √(1 − ᾱ_prev), then stepped down by float32 ulps
+    until σ² ≤ 1 − ᾱ_prev holds in float32 too; every other entry is the plain float32 cast.
+    """
+    sigma = np.minimum(sigma, np.sqrt(np.maximum(1.0 - a_prev, 0.0))).astype(np.float32)
+    a32, one, zero = a_prev.astype(np.float32), np.float32(1.0), np.float32(0.0)
+    over = one - a32 - sigma * sigma < 0
+    while over.any():  # a few ulps at most
+        sigma[over] = np.nextafter(sigma[over], zero)
+        over = one - a32 - sigma * sigma < 0
+    return sigma
 
 
 def ddim_sample(denoise: Denoiser, x_T: jax.Array, noise: jax.Array, tables: DDIMTables) -> jax.Array:
@@ -79,7 +97,9 @@ def ddim_sample(denoise: Denoiser, x_T: jax.Array, noise: jax.Array, tables: DDI
         v = denoise(x, jnp.full((batch,), t, jnp.int32))
         eps = v_to_eps(x, v, sqrt_a, sqrt_1ma)
         x0 = v_to_x0(x, v, sqrt_a, sqrt_1ma)
-        x_prev = jnp.sqrt(a_prev) * x0 + jnp.sqrt(1.0 - a_prev - sigma ** 2) * eps + sigma * z
+        # the tables keep σ² ≤ 1 − ᾱ_prev; the max(·, 0) also covers a fused (FMA) evaluation rounding below 0
+        dir_var = jnp.maximum(1.0 - a_prev - sigma ** 2, 0.0)
+        x_prev = jnp.sqrt(a_prev) * x0 + jnp.sqrt(dir_var) * eps + sigma * z
         return x_prev.astype(x.dtype), None
 
     xs = (jnp.asarray(tables.timesteps), jnp.asarray(tables.sqrt_alpha), jnp.asarray(tables.sqrt_one_minus_alpha),
