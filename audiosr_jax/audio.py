@@ -336,7 +336,8 @@ def log_mel_spectrogram(wave: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Create `path` by calling `write(tmp)` on a hidden temporary file in the same folder, then renaming it,
     so a crash, Ctrl-C or kill never leaves a half-written file under the final name. The temporary name
-    contains ".partial-" (batch runs remove stale ones)."""
+    contains ".partial-" (batch runs remove stale ones). The file gets the permissions of any file the user
+    creates (0666 less the umask), not the temporary file's private 0600."""
     path = os.fspath(path)
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
@@ -345,17 +346,80 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
 def write_audio(path: str | os.PathLike, waveform: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
-    """Write [C, n] float audio atomically; the format follows the extension (wav/flac/aiff as 24-bit PCM)."""
+    """Write [C, n] float audio atomically; the format follows the extension (wav/flac/aiff as 24-bit PCM).
+
+    Encoded in memory first, so a full or failing disk raises OSError with its errno (ENOSPC, EIO, ...)
+    rather than libsndfile's errno-less "System error"."""
+    import io
+
     import soundfile as sf
 
     fmt = os.path.splitext(os.fspath(path))[1].lstrip(".").upper()
     subtype = {"WAV": "PCM_24", "FLAC": "PCM_24", "AIFF": "PCM_24"}.get(fmt)  # 24-bit: no audible quantisation
-    atomic_write(path, lambda tmp: sf.write(tmp, np.ascontiguousarray(np.asarray(waveform).T), sample_rate,
-                                            format=fmt, subtype=subtype))
+    buf = io.BytesIO()
+    sf.write(buf, np.ascontiguousarray(np.asarray(waveform).T), sample_rate, format=fmt, subtype=subtype)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(buf.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+
+    atomic_write(path, write)
+
+
+def truncation_note(path: str | os.PathLike) -> str:
+    """A one-line note when a WAV file holds fewer sample frames than its header declares (the data was cut
+    off, e.g. an interrupted copy: libsndfile then reads what is there as a shorter file), else ""."""
+    import soundfile as sf
+
+    p = os.fspath(path)
+    try:
+        info = sf.info(p)
+        declared = _wav_declared_frames(p)
+    except Exception:
+        return ""
+    if declared is None or declared <= info.frames:
+        return ""
+    return (f"{p}: truncated: the header declares {declared} sample frames ({declared / info.samplerate:.2f} s), "
+            f"the file holds {info.frames} ({info.frames / info.samplerate:.2f} s); processed what is there")
+
+
+def _wav_declared_frames(path: str) -> int | None:
+    """Frames declared by a RIFF/WAVE header's data chunk; None if not such a file or the size is unknown."""
+    import struct
+
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        block = None
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return None
+            cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if cid == b"fmt ":
+                fmt = f.read(size)
+                block = struct.unpack("<H", fmt[12:14])[0] if len(fmt) >= 14 else None
+                f.seek(size % 2, 1)
+            elif cid == b"data":
+                if not block or size in (0, 0xFFFFFFFF):  # streaming writers leave the size unset
+                    return None
+                return size // block
+            else:
+                f.seek(size + size % 2, 1)

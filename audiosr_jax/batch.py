@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -38,7 +39,8 @@ from audiosr_jax.inputs import Job
 from audiosr_jax.pipeline import (SamplingOptions, draw_noise, item_keys, latent_shape, num_sampler_steps,
                                   super_resolve_windows, super_resolve_windows_low_memory)
 
-__all__ = ["BatchConfig", "FileResult", "run_batch", "write_report", "local_mesh"]
+__all__ = ["BatchConfig", "FileResult", "BatchStopped", "run_batch", "write_report", "merge_previous_report",
+           "local_mesh"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,20 @@ class FileResult:
     windows: int = 0
     cutoff_hz: list = dataclasses.field(default_factory=list)
     seconds: float = 0.0
+    note: str = ""  # a warning that did not stop the file (e.g. truncated data)
+
+
+# errors of the output location, not of one file: going on would fail every file after the compute
+_FATAL_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
+class BatchStopped(UserError):
+    """The run stopped early because the output location cannot take more (disk full, quota, read-only).
+    ``results``: every job's FileResult; those not finished are "failed" with the reason."""
+
+    def __init__(self, message: str, results: list[FileResult]):
+        super().__init__(message)
+        self.results = results
 
 
 @dataclasses.dataclass
@@ -120,6 +136,7 @@ def _prepare(job: Job, cfg: BatchConfig, result: FileResult) -> _File:
     lowpassed = windows.cut_windows(np.stack(lp).astype(np.float32), plan)
     result.duration_s, result.channels, result.sample_rate = n / audio.SAMPLE_RATE, wave.shape[0], int(info["orig_sr"])
     result.windows, result.cutoff_hz = len(plan.starts), cutoffs
+    result.note = audio.truncation_note(job.input)
     out = np.zeros((*lowpassed.shape[:2], plan.window + 16), np.float32)
     return _File(job, result, plan, lowpassed, out, loud, lowpassed.shape[0] * lowpassed.shape[1], time.perf_counter())
 
@@ -183,7 +200,12 @@ def run_batch(weights: AudioSRWeights, jobs: list[Job], cfg: BatchConfig = Batch
         try:
             _finish(f, cfg)
             f.result.status = "ok"
-        except (UserError, OSError) as e:
+        except OSError as e:
+            f.result.status, f.result.reason = "failed", f"{f.job.output}: cannot write: {e.strerror or e}"
+            if e.errno in _FATAL_WRITE_ERRNOS:
+                raise BatchStopped(f"stopped: cannot write {f.job.output}: {e.strerror} (the output location is "
+                                   "full or read-only); finished outputs are complete", []) from None
+        except UserError as e:
             f.result.status, f.result.reason = "failed", str(e)
         except Exception as e:
             f.result.status, f.result.reason = "failed", f"{f.job.input}: unexpected error: {type(e).__name__}: {e}"
@@ -247,22 +269,63 @@ def run_batch(weights: AudioSRWeights, jobs: list[Job], cfg: BatchConfig = Batch
             run(f.plan.window, force=False)
         for length in list(queues):
             run(length, force=True)
+    except BatchStopped as stop:
+        for r in results.values():
+            if r.status == "pending":
+                r.status, r.reason = "failed", f"{r.input}: not processed: {stop}"
+        raise BatchStopped(str(stop), [results[j.input] for j in jobs]) from None
     finally:
         bar.close()
     return [results[j.input] for j in jobs]
 
 
 def write_report(results: list[FileResult], path: str) -> None:
-    """JSON (path ending .json) or CSV report, one entry per file."""
+    """JSON (path ending .json) or CSV report, one entry per file, written atomically."""
     rows = [dataclasses.asdict(r) for r in results]
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as fh:
-        if path.endswith(".csv"):
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["input"])
-            writer.writeheader()
-            for r in rows:
-                writer.writerow({**r, "cutoff_hz": ";".join(f"{c:.0f}" for c in r["cutoff_hz"])})
-        else:
-            json.dump(rows, fh, indent=1)
-    os.replace(tmp, path)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as fh:
+            if path.endswith(".csv"):
+                writer = csv.DictWriter(fh, fieldnames=[f.name for f in dataclasses.fields(FileResult)])
+                writer.writeheader()
+                for r in rows:
+                    writer.writerow({**r, "cutoff_hz": ";".join(f"{c:.0f}" for c in r["cutoff_hz"])})
+            else:
+                json.dump(rows, fh, indent=1)
+
+    audio.atomic_write(path, write)
+
+
+def read_report(path: str) -> list[FileResult]:
+    """The entries of a report written by `write_report` ([] when there is none or it cannot be read)."""
+    fields = {f.name: f.type for f in dataclasses.fields(FileResult)}
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh)) if path.endswith(".csv") else json.load(fh)
+        out = []
+        for row in rows:
+            row = {k: v for k, v in row.items() if k in fields}
+            if isinstance(row.get("cutoff_hz"), str):
+                row["cutoff_hz"] = [float(c) for c in row["cutoff_hz"].split(";") if c]
+            for k in ("duration_s", "seconds"):
+                row[k] = float(row.get(k) or 0.0)
+            for k in ("channels", "sample_rate", "windows"):
+                row[k] = int(row.get(k) or 0)
+            out.append(FileResult(**row))
+        return out
+    except (OSError, ValueError, TypeError, AttributeError):
+        return []
+
+
+def merge_previous_report(results: list[FileResult], path: str) -> list[FileResult]:
+    """This run's results with what an earlier report at `path` knew: a file skipped now because an earlier
+    run wrote it keeps that run's entry (duration, cutoffs, windows, seconds) with status "skipped"; entries
+    for files this run did not see are kept after this run's."""
+    previous = {r.input: r for r in read_report(path)}
+    merged = []
+    for r in results:
+        old = previous.pop(r.input, None)
+        if r.status == "skipped" and old is not None and old.status in ("ok", "skipped") and old.output == r.output:
+            r = dataclasses.replace(old, status="skipped", reason=r.reason)
+        merged.append(r)
+    return merged + list(previous.values())

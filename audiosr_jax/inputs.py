@@ -19,7 +19,8 @@ import soundfile as sf
 
 from audiosr_jax.errors import UserError
 
-__all__ = ["Job", "expand_inputs", "assign_outputs", "AUDIO_EXTENSIONS", "shard_for_host"]
+__all__ = ["Job", "expand_inputs", "assign_outputs", "check_outputs_are_not_inputs", "AUDIO_EXTENSIONS",
+           "shard_for_host"]
 
 AUDIO_EXTENSIONS = frozenset("." + ext.lower() for ext in sf.available_formats()) | {".oga", ".opus", ".aif"}
 
@@ -35,43 +36,64 @@ def _is_audio_name(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in AUDIO_EXTENSIONS
 
 
-def _walk(root: str) -> list[Job]:
+def _walk(root: str, exclude: str | None = None) -> list[Job]:
     jobs = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
+        if exclude:  # the run's own output folder inside the input tree: never read back as input
+            dirnames[:] = [d for d in dirnames if _real(os.path.join(dirpath, d)) != exclude]
         for name in sorted(filenames):
-            if _is_audio_name(name) and not name.startswith("."):
-                path = os.path.join(dirpath, name)
+            path = os.path.join(dirpath, name)
+            if _is_audio_name(name) and not name.startswith(".") and _real(path) != exclude:
                 jobs.append(Job(path, os.path.relpath(path, root)))
     return jobs
 
 
+def _real(path: str) -> str:
+    return os.path.realpath(os.path.abspath(path))
+
+
 def _read_list(path: str) -> list[str]:
     try:
-        with open(path) as f:
-            lines = [ln.strip() for ln in f]
+        with open(path, "rb") as f:
+            raw = f.read()
     except OSError as e:
         raise UserError(f"{path}: cannot read the list of inputs: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = "\0"
+    if "\0" in text:  # e.g. an audio file given as @list
+        raise UserError(f"{path}: not a text list of input paths (binary data); give one path per line")
+    lines = [ln.strip() for ln in text.splitlines()]
     base = os.path.dirname(os.path.abspath(path))
     return [ln if os.path.isabs(ln) else os.path.join(base, ln) for ln in lines if ln and not ln.startswith("#")]
 
 
-def expand_inputs(specs: Iterable[str]) -> list[Job]:
+def expand_inputs(specs: Iterable[str], exclude: str | None = None) -> list[Job]:
     """Expand input specs into jobs (without outputs), de-duplicated, in a stable sorted order.
 
+    A path that exists is taken as it is (a folder is walked, a file is one input) before any list or glob
+    expansion; then `@FILE` or `FILE.txt` is a list, and a spec with `*?[` a glob. `exclude`: the run's
+    output path (file or folder), never taken as an input (a rerun must not read its own outputs back).
     A spec that matches nothing raises UserError naming it; a named file that is not audio is kept (it
     will fail on reading and be reported, so the user learns about it)."""
+    exclude = _real(exclude) if exclude else None
     jobs: dict[str, Job] = {}
     for spec in specs:
-        if spec.startswith("@") or (spec.endswith(".txt") and os.path.isfile(spec)):
-            found = [Job(p, os.path.basename(p)) for p in _read_list(spec.lstrip("@") if spec.startswith("@") else spec)]
-        elif os.path.isdir(spec):
-            found = _walk(spec)
+        is_list = spec.startswith("@") or (spec.endswith(".txt") and os.path.isfile(spec))
+        if os.path.isdir(spec):
+            found = _walk(spec, exclude)
+        elif os.path.exists(spec) and not spec.endswith(".txt"):
+            found = [Job(spec, os.path.basename(spec))]
+        elif is_list:
+            found = [Job(p, os.path.basename(p)) for p in _read_list(spec[1:] if spec.startswith("@") else spec)]
         elif glob.has_magic(spec):
             root = spec.split("*")[0].split("?")[0].split("[")[0]
             root = root if root.endswith(os.sep) else os.path.dirname(root)
             found = [Job(p, os.path.relpath(p, root or ".")) for p in sorted(glob.glob(spec, recursive=True))
-                     if os.path.isfile(p)]
+                     if os.path.isfile(p) and _real(p) != exclude
+                     and not (exclude and _real(p).startswith(exclude + os.sep))]
         else:
             found = [Job(spec, os.path.basename(spec))]
         if not found:
@@ -79,6 +101,23 @@ def expand_inputs(specs: Iterable[str]) -> list[Job]:
         for job in found:
             jobs.setdefault(os.path.abspath(job.input), job)
     return sorted(jobs.values(), key=lambda j: (j.relative, j.input))
+
+
+def check_outputs_are_not_inputs(jobs: list[Job], specs: Iterable[str], output: str) -> None:
+    """Refuse (one-line UserError) a run whose output is, or would overwrite, one of its inputs: an output
+    path that is an input file, or an output folder that is itself an input folder (outputs would mix with
+    the originals and be read back as inputs on a rerun)."""
+    out = _real(output)
+    for spec in specs:
+        if os.path.isdir(spec) and _real(spec) == out:
+            raise UserError(f"{output}: the output folder is the input folder {spec}; outputs would mix with the "
+                            "originals. Choose another output folder (one inside the inputs is fine)")
+    inputs = {_real(j.input): j.input for j in jobs}
+    for j in jobs:
+        if _real(j.output) in inputs or (os.path.exists(j.output) and os.path.exists(j.input)
+                                         and os.path.samefile(j.output, j.input)):
+            raise UserError(f"{j.output}: this output would overwrite the input {inputs.get(_real(j.output), j.input)}; "
+                            "choose another output")
 
 
 def assign_outputs(jobs: list[Job], output: str, extension: str = ".wav") -> list[Job]:

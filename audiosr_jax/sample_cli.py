@@ -7,7 +7,10 @@ Inputs: files, folders (recursive), globs, or @FILE lists; anything soundfile re
 (long audio in overlapping 10.24 s windows), every channel (up to --max-channels). One input with an audio
 OUTPUT path writes that file; otherwise OUTPUT is a folder that mirrors the inputs' layout, existing
 outputs are skipped (--overwrite redoes them), and a report (JSON, or CSV by extension) lists every file's
-status, cutoff, duration, windows and seconds. Outputs appear only when complete (temporary file + rename).
+status, cutoff, duration, windows and seconds (a rerun keeps what the earlier report knew of skipped files).
+Outputs appear only when complete (temporary file + rename), with the user's umask. An output that is, or
+would overwrite, an input is refused; an output folder inside the inputs is never read back as input. The
+output location is checked for writing before any compute; a full disk stops the run with one line.
 Exit status: 0 all written or skipped; 1 some files failed (named in the report and at the end); 2 a user
 error (bad flag, missing checkpoint, or the single input is unusable); 130 interrupted.
 """
@@ -72,6 +75,45 @@ def _check_output_file(path: str, overwrite: bool) -> None:
         raise UserError(f"{path}: output directory {parent} does not exist")
 
 
+def _check_writable(folder: str, what: str) -> None:
+    """Create `folder` if needed and write a probe file there, so an unwritable or full location is found
+    before any compute (one-line UserError naming it and the cause)."""
+    import tempfile
+
+    from audiosr_jax.errors import UserError
+
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".audiosr-jax-probe-") as f:
+            f.write(b"\0" * 65536)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise UserError(f"{folder}: cannot write the {what} there: {e.strerror or e}") from None
+
+
+def _check_flags(args) -> None:
+    """Every flag's range, before anything is read (one-line UserError naming the flag)."""
+    import math
+
+    from audiosr_jax.errors import UserError
+
+    if not 1 <= args.steps <= 1000:
+        raise UserError(f"--steps must be in [1, 1000], got {args.steps}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be ≥ 1, got {args.batch_size}")
+    if not math.isfinite(args.guidance):
+        raise UserError(f"--guidance must be a finite number, got {args.guidance}")
+    if not (math.isfinite(args.eta) and 0.0 <= args.eta <= 1.0):
+        raise UserError(f"--eta must be in [0, 1] (0 deterministic, 1 the reference's stochastic DDIM), got {args.eta}")
+    if not 0 <= args.seed < 2**32:
+        raise UserError(f"--seed must be in [0, 2**32 - 1], got {args.seed}")
+    if args.devices < 0:
+        raise UserError(f"--devices must be ≥ 0 (0 = all local devices), got {args.devices}")
+    if args.max_channels < 1:
+        raise UserError(f"--max-channels must be ≥ 1, got {args.max_channels}")
+
+
 def _check_sampler_fits(args, weights) -> None:
     """The sampler and step count against the model's own schedule and parameterisation (one-line UserError)."""
     from audiosr_jax.diffusion import sampling
@@ -92,20 +134,21 @@ def main(argv=None) -> int:
     from audiosr_jax.errors import UserError
 
     try:
-        if not 1 <= args.steps <= 1000:
-            raise UserError(f"--steps must be in [1, 1000], got {args.steps}")
-        if args.batch_size < 1:
-            raise UserError(f"--batch-size must be ≥ 1, got {args.batch_size}")
-        from audiosr_jax.inputs import assign_outputs, expand_inputs, shard_for_host
+        _check_flags(args)
+        from audiosr_jax.inputs import assign_outputs, check_outputs_are_not_inputs, expand_inputs, shard_for_host
 
-        jobs = assign_outputs(expand_inputs(args.inputs), args.output)
+        jobs = assign_outputs(expand_inputs(args.inputs, exclude=args.output), args.output)
+        check_outputs_are_not_inputs(jobs, args.inputs, args.output)
         single = len(jobs) == 1 and jobs[0].output == args.output
+        report = None if single else (args.report or os.path.join(args.output, "report.json"))
         if single:
             if not os.path.exists(jobs[0].input):
                 raise UserError(f"{jobs[0].input}: no such file")
-            if os.path.abspath(jobs[0].input) == os.path.abspath(jobs[0].output):
-                raise UserError(f"{jobs[0].output}: output would overwrite the input")
             _check_output_file(jobs[0].output, args.overwrite)
+            _check_writable(os.path.dirname(os.path.abspath(jobs[0].output)), "output")
+        else:
+            _check_writable(args.output, "outputs")
+            _check_writable(os.path.dirname(os.path.abspath(report)), "report")
         _enable_compilation_cache()
         from audiosr_jax import memory
 
@@ -113,7 +156,7 @@ def main(argv=None) -> int:
         import numpy as np
         from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-        from audiosr_jax.batch import BatchConfig, run_batch, write_report
+        from audiosr_jax.batch import BatchConfig, BatchStopped, merge_previous_report, run_batch, write_report
         from audiosr_jax.checkpoint import load_weights
         from audiosr_jax.pipeline import SamplingOptions
 
@@ -124,6 +167,8 @@ def main(argv=None) -> int:
             from audiosr_jax.audio import load_audio
 
             load_audio(jobs[0].input, max_channels=args.max_channels)
+        if args.devices > jax.local_device_count():
+            raise UserError(f"--devices {args.devices}: this process has {jax.local_device_count()} local devices")
         devices = jax.local_devices()[: args.devices or None]
         mesh = Mesh(np.asarray(devices), ("data",))
         # placed once, replicated (or, --low-memory, read per stage and batch)
@@ -134,8 +179,11 @@ def main(argv=None) -> int:
                           seed=args.seed, batch_per_device=args.batch_size, max_channels=args.max_channels,
                           overwrite=args.overwrite or single, match_loudness=args.match_loudness)
         start = time.perf_counter()
-        results = run_batch(weights, jobs, cfg, mesh=mesh,
-                            progress=not (args.no_progress or single))
+        stopped = None
+        try:
+            results = run_batch(weights, jobs, cfg, mesh=mesh, progress=not (args.no_progress or single))
+        except BatchStopped as e:
+            results, stopped = e.results, str(e)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -145,6 +193,9 @@ def main(argv=None) -> int:
 
     elapsed = time.perf_counter() - start
     failed = [r for r in results if r.status == "failed"]
+    for r in results:
+        if r.note:
+            print(f"warning: {r.note}", file=sys.stderr)
     if single:
         r = results[0]
         if failed:
@@ -154,15 +205,21 @@ def main(argv=None) -> int:
         print(f"{r.input} -> {r.output}: {r.duration_s:.2f} s, {r.channels} channel(s), detected cutoff {cut}, "
               f"{r.windows} window(s), {elapsed:.1f} s")
         return 0
-    report = args.report or os.path.join(args.output, "report.json")
-    write_report(results, report)
+    for r in failed:  # first, so the reasons are seen even if the report cannot be written
+        print(f"failed: {r.reason}", file=sys.stderr)
+    if report is not None:
+        try:
+            write_report(merge_previous_report(results, report), report)
+        except OSError as e:
+            print(f"error: {report}: cannot write the report: {e.strerror or e}", file=sys.stderr)
+            report = None
     done = sum(r.status == "ok" for r in results)
     skipped = sum(r.status == "skipped" for r in results)
     audio_s = sum(r.duration_s for r in results if r.status == "ok")
     print(f"{done} written, {skipped} skipped, {len(failed)} failed in {elapsed:.1f} s "
-          f"({audio_s / max(elapsed, 1e-9):.2f} s of audio per second); report: {report}")
-    for r in failed:
-        print(f"failed: {r.reason}", file=sys.stderr)
+          f"({audio_s / max(elapsed, 1e-9):.2f} s of audio per second); report: {report or 'not written'}")
+    if stopped:
+        print(f"error: {stopped}", file=sys.stderr)
     return 1 if failed else 0
 
 

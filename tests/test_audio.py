@@ -84,7 +84,7 @@ def _bad_files(tmp_path):
     p = tmp_path / "truncated.wav"
     sf.write(p, _tone(), 16000)
     p.write_bytes(p.read_bytes()[:30])
-    cases["truncated.wav"] = (p, "")
+    cases["truncated.wav"] = (p, "not a readable audio file")  # the header itself is cut
     d = tmp_path / "adir.wav"
     d.mkdir()
     cases["adir.wav"] = (d, "not a regular file")

@@ -43,29 +43,29 @@ def _bad_inputs(tmp_path):
     cases = {}
     p = tmp_path / "notaudio.wav"
     p.write_text("hello, I am a text file\n" * 20)
-    cases["notaudio.wav"] = (p, "")
+    cases["notaudio.wav"] = (p, "not a readable audio file")
     p = tmp_path / "empty.wav"
     p.write_bytes(b"")
     cases["empty.wav"] = (p, "empty")
     p = tmp_path / "zerolength.wav"
     sf.write(p, np.zeros((0, 1), np.float32), 16000)
-    cases["zerolength.wav"] = (p, "")
+    cases["zerolength.wav"] = (p, "zero length")
     p = tmp_path / "silent.wav"
     sf.write(p, np.zeros((16000, 1), np.float32), 16000)
-    cases["silent.wav"] = (p, "")
+    cases["silent.wav"] = (p, "silent")
     p = tmp_path / "nan.wav"
     x = _tone()
     x[100] = np.nan
     sf.write(p, x, 16000, subtype="FLOAT")
-    cases["nan.wav"] = (p, "")
+    cases["nan.wav"] = (p, "nan samples")
     p = tmp_path / "inf.wav"
     x = _tone()
     x[100] = np.inf
     sf.write(p, x, 16000, subtype="FLOAT")
-    cases["inf.wav"] = (p, "")
+    cases["inf.wav"] = (p, "infinite samples")
     p = tmp_path / "absurd_rate.wav"
     sf.write(p, _tone(100, 2.0), 100)
-    cases["absurd_rate.wav"] = (p, "")
+    cases["absurd_rate.wav"] = (p, "sample rate 100 hz")
     p = tmp_path / "eight_channels.wav"
     sf.write(p, _tone(16000, 0.5, channels=8), 16000)
     cases["eight_channels.wav"] = (p, "channel")
