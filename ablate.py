@@ -20,13 +20,13 @@ def _main(argv):
     logging.getLogger("absl").setLevel(logging.ERROR)
 
     from audiosr_jax import ablation
-    from audiosr_jax.sample_cli import _enable_compilation_cache
+    from audiosr_jax.runtime import enable_compilation_cache
 
     grid = _GRID.value
     if grid is None:
         print("error: --grid is required", file=sys.stderr)
         return 2
-    _enable_compilation_cache()
+    enable_compilation_cache()
     workdir = _WORKDIR.value or os.path.join("out", "ablations", grid.name)
     ablation.run(grid, workdir, only_cell=_CELL.value, report_only=_REPORT_ONLY.value)
     return 0

@@ -103,15 +103,36 @@ def load_audio(path, max_channels: int = 2) -> tuple[np.ndarray, int]:
         data, sr = sf.read(p, dtype="float32", always_2d=True)
     except Exception as e:  # corrupt data after a valid header
         raise _fail(p, f"corrupt audio data ({_one_line(e)})") from None
-    if data.shape[0] == 0:
-        raise _fail(p, "audio has zero length (no sample frames)")
-    if not np.all(np.isfinite(data)):
-        bad = "NaN" if np.isnan(data).any() else "infinite"
-        raise _fail(p, f"audio contains {bad} samples")
-    if np.all(data == data[:1]):
-        what = "all samples are zero" if not np.any(data) else "every channel is constant"
-        raise _fail(p, f"audio is silent ({what})")
-    return np.ascontiguousarray(data.T), int(sr)
+    return check_audio(np.ascontiguousarray(data.T), int(sr), p, max_channels), int(sr)
+
+
+def check_audio(x: np.ndarray, sr: int, name: str, max_channels: int = 2) -> np.ndarray:
+    """Validate audio already in memory: float32 [C, N] (or [N] for mono) at `sr` Hz. Returns float32 [C, N].
+
+    Raises AudioError (one line starting with `name`) for a wrong rank, zero samples, a sample rate outside
+    [1000, 768000] Hz, more than `max_channels` channels, NaN/inf samples, or silence (every channel constant)."""
+    x = np.asarray(x)
+    if x.ndim == 1:
+        x = x[None]
+    if x.ndim != 2 or not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise _fail(name, f"expected a numeric array [samples] or [channels, samples], got shape {x.shape} "
+                          f"of {x.dtype}")
+    if np.issubdtype(x.dtype, np.integer):  # PCM integers: full scale is ±1, as soundfile reads them
+        x = x / float(np.iinfo(x.dtype).max + 1)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.shape[1] == 0:
+        raise _fail(name, "audio has zero length (no sample frames)")
+    if not MIN_SAMPLE_RATE <= int(sr) <= MAX_SAMPLE_RATE:
+        raise _fail(name, f"unsupported sample rate {sr} Hz (expected {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE})")
+    if x.shape[0] > max_channels:
+        raise _fail(name, f"{x.shape[0]} channels, at most {max_channels} supported")
+    if not np.all(np.isfinite(x)):
+        bad = "NaN" if np.isnan(x).any() else "infinite"
+        raise _fail(name, f"audio contains {bad} samples")
+    if np.all(x == x[:, :1]):
+        what = "all samples are zero" if not np.any(x) else "every channel is constant"
+        raise _fail(name, f"audio is silent ({what})")
+    return x
 
 
 def _one_line(e: BaseException) -> str:
@@ -163,19 +184,26 @@ def pad_to_segments(x: np.ndarray, segment: int = SEGMENT_SAMPLES) -> np.ndarray
     return np.pad(x, pad)
 
 
-def prepare_waveform(path, max_channels: int = 2) -> tuple[np.ndarray, dict]:
-    """Load a file and prepare it as the reference's ``read_wav_file`` does.
+def prepare_waveform(source, max_channels: int = 2) -> tuple[np.ndarray, dict]:
+    """Load a file (or take audio in memory) and prepare it as the reference's ``read_wav_file`` does.
 
+    source: a path, or ``(audio, sample_rate)`` with audio [N] or [C, N] (float, or PCM integers).
     load -> resample to 48 kHz -> ``normalize_wav`` (per channel) -> zero-pad to a multiple of 5.12 s.
 
     Returns:
       ``(wave, info)``: float32 [C, N] at 48 kHz with N a multiple of ``SEGMENT_SAMPLES``, and a dict with
-      ``orig_sr`` (Hz), ``channels``, ``duration_s`` (of the original file), ``samples`` (48 kHz samples
+      ``orig_sr`` (Hz), ``channels``, ``duration_s`` (of the original), ``samples`` (48 kHz samples
       before padding: cut the output to this), ``padded_samples`` (= N) and ``frames`` (= N // HOP).
     Raises:
-      AudioError as :func:`load_audio`.
+      AudioError as :func:`load_audio` / :func:`check_audio`.
     """
-    audio, sr = load_audio(path, max_channels=max_channels)
+    if isinstance(source, tuple):
+        x, sr = np.asarray(source[0]), int(source[1])
+        if x.ndim == 2 and x.shape[0] > x.shape[1] and x.shape[1] <= 16:  # soundfile's [N, C] by mistake
+            raise _fail("audio array", f"shape {x.shape} looks like [samples, channels]; pass [channels, samples]")
+        audio = check_audio(x, sr, "audio array", max_channels)
+    else:
+        audio, sr = load_audio(source, max_channels=max_channels)
     wave = resample(audio, sr, SAMPLE_RATE)
     n = wave.shape[-1]
     wave = normalize_wav(wave).astype(np.float32)

@@ -26,6 +26,7 @@ import logging
 import os
 import time
 from collections import defaultdict, deque
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -39,8 +40,8 @@ from audiosr_jax.inputs import Job
 from audiosr_jax.pipeline import (SamplingOptions, draw_noise, item_keys, latent_shape, num_sampler_steps,
                                   super_resolve_windows, super_resolve_windows_low_memory)
 
-__all__ = ["BatchConfig", "FileResult", "BatchStopped", "run_batch", "write_report", "merge_previous_report",
-           "local_mesh"]
+__all__ = ["BatchConfig", "FileResult", "BatchStopped", "run_batch", "run_arrays", "write_report",
+           "merge_previous_report", "local_mesh"]
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +85,19 @@ class BatchStopped(UserError):
         self.results = results
 
 
+@dataclasses.dataclass(frozen=True)
+class _Item:
+    """One unit of work: a file (``source`` its path, ``output`` where to write) or audio in memory
+    (``source`` = (array [N] or [C, N], sample_rate), ``output`` None: the result is returned)."""
+
+    name: str  # the input's name in messages and the report
+    source: Any
+    output: str | None
+
+
 @dataclasses.dataclass
 class _File:
-    job: Job
+    job: _Item
     result: FileResult
     plan: windows.WindowPlan
     lowpassed: np.ndarray  # [C, num_windows, window]
@@ -118,12 +129,15 @@ def _loudness(x: np.ndarray, sr: int) -> float | None:
     return float(value) if np.isfinite(value) else None
 
 
-def _prepare(job: Job, cfg: BatchConfig, result: FileResult) -> _File:
-    wave, info = audio.prepare_waveform(job.input, max_channels=cfg.max_channels)  # [C, N] normalised, padded
+def _prepare(job: _Item, cfg: BatchConfig, result: FileResult) -> _File:
+    wave, info = audio.prepare_waveform(job.source, max_channels=cfg.max_channels)  # [C, N] normalised, padded
     n = int(info["samples"])
     loud = None
     if cfg.match_loudness:
-        raw, sr = audio.load_audio(job.input, max_channels=cfg.max_channels)
+        if isinstance(job.source, tuple):
+            raw, sr = audio.check_audio(job.source[0], job.source[1], job.name, cfg.max_channels), job.source[1]
+        else:
+            raw, sr = audio.load_audio(job.source, max_channels=cfg.max_channels)
         loud = _loudness(raw, sr)
     plan = windows.plan_windows(n, max_window=cfg.max_window_segments * audio.SEGMENT_SAMPLES)
     cover = plan.starts[-1] + plan.window
@@ -136,7 +150,7 @@ def _prepare(job: Job, cfg: BatchConfig, result: FileResult) -> _File:
     lowpassed = windows.cut_windows(np.stack(lp).astype(np.float32), plan)
     result.duration_s, result.channels, result.sample_rate = n / audio.SAMPLE_RATE, wave.shape[0], int(info["orig_sr"])
     result.windows, result.cutoff_hz = len(plan.starts), cutoffs
-    result.note = audio.truncation_note(job.input)
+    result.note = "" if isinstance(job.source, tuple) else audio.truncation_note(job.source)
     out = np.zeros((*lowpassed.shape[:2], plan.window + 16), np.float32)
     return _File(job, result, plan, lowpassed, out, loud, lowpassed.shape[0] * lowpassed.shape[1], time.perf_counter())
 
@@ -152,7 +166,8 @@ def _replace_low_band(f: _File) -> None:
             f.out[c, w] = np.asarray(postprocess.replace_low_stft(f.out[c, w][None], f.lowpassed[c, w][None], ratio))[0]
 
 
-def _finish(f: _File, cfg: BatchConfig) -> None:
+def _finish(f: _File, cfg: BatchConfig) -> np.ndarray | None:
+    """The file's output [C, n] at 48 kHz: written to its output path (returns None), or returned."""
     n = int(round(f.result.duration_s * audio.SAMPLE_RATE))
     _replace_low_band(f)
     if len(f.plan.starts) == 1:
@@ -161,7 +176,7 @@ def _finish(f: _File, cfg: BatchConfig) -> None:
         y = windows.overlap_add(f.out[..., : f.plan.window], f.plan)
     y = np.asarray(postprocess.normalize_output(jnp.asarray(y)))[:, :n]
     if not np.all(np.isfinite(y)):
-        raise UserError(f"{f.job.input}: the model produced non-finite samples (NaN/inf); nothing written")
+        raise UserError(f"{f.job.name}: the model produced non-finite samples (NaN/inf); nothing written")
     if f.loudness is not None:
         now = _loudness(y, audio.SAMPLE_RATE)
         if now is not None:
@@ -169,15 +184,39 @@ def _finish(f: _File, cfg: BatchConfig) -> None:
             peak = np.max(np.abs(y))
             if peak > 0.999:  # keep it writable without clipping
                 y = y * (0.999 / peak)
+    if f.job.output is None:
+        return y.astype(np.float32)
     audio.write_audio(f.job.output, y, audio.SAMPLE_RATE)
+    return None
 
 
 def run_batch(weights: AudioSRWeights, jobs: list[Job], cfg: BatchConfig = BatchConfig(), mesh: Mesh | None = None,
               progress: bool = True) -> list[FileResult]:
-    """Super-resolve every job (input → output path). Returns one FileResult per job, in job order.
+    """Super-resolve every job (input file → output path). Returns one FileResult per job, in job order.
 
-    Never raises for a bad input file: its result has status "failed" and a one-line reason.
+    Never raises for a bad input file: its result has status "failed" and a one-line reason. Raises
+    BatchStopped (with every result) when the output location is full or read-only.
     """
+    items = [_Item(j.input, j.input, j.output) for j in jobs]
+    for folder in {os.path.dirname(os.path.abspath(j.output)) for j in jobs}:
+        _remove_stale_partials(folder)
+    results, _ = _run(weights, items, cfg, mesh, progress, unit="file")
+    return results
+
+
+def run_arrays(weights: AudioSRWeights, arrays: list[tuple[np.ndarray, int]], cfg: BatchConfig = BatchConfig(),
+               mesh: Mesh | None = None, progress: bool = False) -> tuple[list[FileResult], list[np.ndarray | None]]:
+    """The batch engine on audio in memory: `arrays` = [(audio [N] or [C, N], sample_rate Hz), ...].
+
+    Returns (results, outputs): per input a FileResult and its 48 kHz output [C, n] float32 (None where it
+    failed). Same windows, noise and maths as `run_batch` on the same audio written to a file."""
+    items = [_Item(f"audio array {i}", (x, int(sr)), None) for i, (x, sr) in enumerate(arrays)]
+    return _run(weights, items, cfg, mesh, progress, unit="array")
+
+
+def _run(weights: AudioSRWeights, jobs: list[_Item], cfg: BatchConfig, mesh: Mesh | None, progress: bool,
+         unit: str) -> tuple[list[FileResult], list[np.ndarray | None]]:
+    """The engine behind `run_batch` and `run_arrays`: (results, in-memory outputs), in item order."""
     from tqdm import tqdm
 
     mesh = mesh or local_mesh()
@@ -187,18 +226,17 @@ def run_batch(weights: AudioSRWeights, jobs: list[Job], cfg: BatchConfig = Batch
     # Lazy weights (load_weights(..., lazy=True), --low-memory) run stage by stage, one network in memory.
     params = jax.device_put(weights.params, replicated) if weights.resident else None
     steps = num_sampler_steps(cfg.options, weights)
-    results = {j.input: FileResult(j.input, j.output, "pending") for j in jobs}
+    results = [FileResult(j.name, j.output or "", "pending") for j in jobs]
+    outputs: list[np.ndarray | None] = [None] * len(jobs)
     queues: dict[int, deque] = defaultdict(deque)  # window length → (file, channel, window) items
-    files: dict[str, _File] = {}
-    for folder in {os.path.dirname(os.path.abspath(j.output)) for j in jobs}:
-        _remove_stale_partials(folder)
+    files: dict[int, _File] = {}
 
-    bar = tqdm(total=len(jobs), unit="file", disable=not progress, desc="audiosr-jax")
+    bar = tqdm(total=len(jobs), unit=unit, disable=not progress, desc="audiosr-jax")
     counts = {"windows": 0, "batches": 0}  # shown beside the file count: sampler steps run so far
 
-    def finish(f: _File):
+    def finish(i: int, f: _File):
         try:
-            _finish(f, cfg)
+            outputs[i] = _finish(f, cfg)
             f.result.status = "ok"
         except OSError as e:
             f.result.status, f.result.reason = "failed", f"{f.job.output}: cannot write: {e.strerror or e}"
@@ -208,9 +246,9 @@ def run_batch(weights: AudioSRWeights, jobs: list[Job], cfg: BatchConfig = Batch
         except UserError as e:
             f.result.status, f.result.reason = "failed", str(e)
         except Exception as e:
-            f.result.status, f.result.reason = "failed", f"{f.job.input}: unexpected error: {type(e).__name__}: {e}"
+            f.result.status, f.result.reason = "failed", f"{f.job.name}: unexpected error: {type(e).__name__}: {e}"
         f.result.seconds += time.perf_counter() - f.start
-        files.pop(f.job.input, None)
+        files.pop(i, None)
         bar.update(1)
 
     def run(length: int, force: bool):
@@ -220,7 +258,7 @@ def run_batch(weights: AudioSRWeights, jobs: list[Job], cfg: BatchConfig = Batch
             real = len(items)
             x = np.zeros((batch, length), np.float32)
             chans, wins = [], []
-            for i, (f, c, w) in enumerate(items):
+            for i, (_, f, c, w) in enumerate(items):
                 x[i] = f.lowpassed[c, w]
                 chans.append(c)
                 wins.append(w)
@@ -240,16 +278,16 @@ def run_batch(weights: AudioSRWeights, jobs: list[Job], cfg: BatchConfig = Batch
             counts["batches"] += 1
             bar.set_postfix(windows=counts["windows"], batches=counts["batches"], steps=counts["batches"] * steps,
                             refresh=False)
-            for i, (f, c, w) in enumerate(items):
+            for i, (index, f, c, w) in enumerate(items):
                 f.out[c, w] = y[i]
                 f.remaining -= 1
                 if f.remaining == 0:
-                    finish(f)
+                    finish(index, f)
 
     try:
-        for job in jobs:
-            res = results[job.input]
-            if os.path.exists(job.output) and not cfg.overwrite:
+        for index, job in enumerate(jobs):
+            res = results[index]
+            if job.output is not None and os.path.exists(job.output) and not cfg.overwrite:
                 res.status, res.reason = "skipped", "output exists (use --overwrite to redo)"
                 bar.update(1)
                 continue
@@ -258,25 +296,25 @@ def run_batch(weights: AudioSRWeights, jobs: list[Job], cfg: BatchConfig = Batch
             except UserError as e:
                 res.status, res.reason = "failed", str(e)
             except Exception as e:  # a batch job goes on past any one file; the reason is reported
-                res.status, res.reason = "failed", f"{job.input}: unexpected error: {type(e).__name__}: {e}"
+                res.status, res.reason = "failed", f"{job.name}: unexpected error: {type(e).__name__}: {e}"
             if res.status == "failed":
                 bar.update(1)
                 continue
-            files[job.input] = f
+            files[index] = f
             for c in range(f.lowpassed.shape[0]):
                 for w in range(f.lowpassed.shape[1]):
-                    queues[f.plan.window].append((f, c, w))
+                    queues[f.plan.window].append((index, f, c, w))
             run(f.plan.window, force=False)
         for length in list(queues):
             run(length, force=True)
     except BatchStopped as stop:
-        for r in results.values():
+        for r in results:
             if r.status == "pending":
                 r.status, r.reason = "failed", f"{r.input}: not processed: {stop}"
-        raise BatchStopped(str(stop), [results[j.input] for j in jobs]) from None
+        raise BatchStopped(str(stop), results) from None
     finally:
         bar.close()
-    return [results[j.input] for j in jobs]
+    return results, outputs
 
 
 def write_report(results: list[FileResult], path: str) -> None:

@@ -125,9 +125,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's read-only notices while reading trained stages
-    from audiosr_jax.sample_cli import _enable_compilation_cache
+    from audiosr_jax.runtime import enable_compilation_cache
 
-    _enable_compilation_cache()
+    enable_compilation_cache()
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -18,20 +18,30 @@ error (bad flag, missing checkpoint, or the single input is unusable); 130 inter
 from __future__ import annotations
 
 import argparse
-import os
+import dataclasses
 import sys
-import time
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from audiosr_jax.diffusion.sampling import SAMPLERS
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("inputs", nargs="+", help="audio files, folders, globs, or @list.txt")
-    p.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory (python -m audiosr_jax.convert ...)")
-    p.add_argument("--steps", type=int, default=50, help="sampler steps (default 50, as the official CLI)")
-    p.add_argument("--guidance", type=float, default=3.5, help="classifier-free guidance scale (default 3.5)")
+    p.add_argument("inputs", nargs="*", help="audio files, folders, globs, or @list.txt")
+    p.add_argument("-i", "--input_audio_file", action="append", default=[], help="an input (the official CLI's flag)")
+    p.add_argument("-il", "--input_file_list", action="append", default=[],
+                   help="a text file with one input path per line (the official CLI's flag)")
+    p.add_argument("-o", "--output", "-s", "--save_path", dest="output", required=True,
+                   help="output file (one input) or folder")
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--checkpoint", help="converted checkpoint directory, or a PyTorch .bin/.pth (converted once)")
+    model.add_argument("--model", "--model_name", dest="model", choices=["basic", "speech"],
+                       help="the released weights, fetched from the hub and converted once (default: basic)")
+    p.add_argument("--steps", "--ddim_steps", dest="steps", type=int, default=50,
+                   help="sampler steps (default 50, as the official CLI)")
+    p.add_argument("--guidance", "-gs", "--guidance_scale", dest="guidance", type=float, default=3.5,
+                   help="classifier-free guidance scale (default 3.5)")
     p.add_argument("--eta", type=float, default=1.0, help="DDIM eta; 1.0 = stochastic, as the reference")
-    p.add_argument("--sampler", default="ddim", choices=["ddim", "dpmpp_2m", "unipc", "euler", "heun"],
+    p.add_argument("--sampler", default="ddim", choices=list(SAMPLERS),
                    help="ddim (default, the reference's); dpmpp_2m (best ≤ 15 steps), unipc (≥ 20 steps), "
                         "euler (= DDIM eta 0) or heun (2nd order, 2·steps−1 network calls)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="network compute dtype")
@@ -48,48 +58,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--report", help="report path (.json or .csv); default OUTPUT/report.json for folders")
     p.add_argument("--multihost", action="store_true", help="jax.distributed.initialize(); each host takes its share")
     p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
-
-
-def _enable_compilation_cache() -> None:
-    """Persist compiled XLA programs so a second run skips compilation (tens of seconds at full width)."""
-    import jax
-
-    cache = os.environ.get("AUDIOSR_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "audiosr_jax", "xla"))
-    jax.config.update("jax_compilation_cache_dir", cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-
-
-def _check_output_file(path: str, overwrite: bool) -> None:
-    import soundfile as sf
-
-    from audiosr_jax.errors import UserError
-
-    ext = os.path.splitext(path)[1].lstrip(".").upper()
-    if ext not in sf.available_formats():
-        raise UserError(f"{path}: unknown output format {ext or '(no extension)'!r}; use .wav, .flac or .ogg")
-    if os.path.exists(path) and not overwrite:
-        raise UserError(f"{path}: already exists (use --overwrite)")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise UserError(f"{path}: output directory {parent} does not exist")
-
-
-def _check_writable(folder: str, what: str) -> None:
-    """Create `folder` if needed and write a probe file there, so an unwritable or full location is found
-    before any compute (one-line UserError naming it and the cause)."""
-    import tempfile
-
-    from audiosr_jax.errors import UserError
-
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".audiosr-jax-probe-") as f:
-            f.write(b"\0" * 65536)
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as e:
-        raise UserError(f"{folder}: cannot write the {what} there: {e.strerror or e}") from None
+    args = p.parse_args(argv)
+    args.inputs = args.inputs + args.input_audio_file + ["@" + f for f in args.input_file_list]
+    if not args.inputs:
+        p.error("give at least one input (a file, folder, glob or @list; or -i FILE / -il LIST)")
+    return args
 
 
 def _check_flags(args) -> None:
@@ -114,112 +87,74 @@ def _check_flags(args) -> None:
         raise UserError(f"--max-channels must be ≥ 1, got {args.max_channels}")
 
 
-def _check_sampler_fits(args, weights) -> None:
-    """The sampler and step count against the model's own schedule and parameterisation (one-line UserError)."""
-    from audiosr_jax.diffusion import sampling
-    from audiosr_jax.errors import UserError
-
-    d = weights.diffusion
-    if args.steps > d.num_timesteps:
-        raise UserError(f"--steps {args.steps}: {args.checkpoint} was trained with {d.num_timesteps} timesteps")
-    try:
-        ts = sampling.network_timesteps(args.sampler, d.alphas_cumprod(), args.steps)
-        sampling.check_timesteps(d.parameterization, d.alphas_cumprod(), ts)
-    except ValueError as e:
-        raise UserError(f"--sampler {args.sampler} --steps {args.steps} with {args.checkpoint}: {e}") from None
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     from audiosr_jax.errors import UserError
 
     try:
         _check_flags(args)
-        from audiosr_jax.inputs import assign_outputs, check_outputs_are_not_inputs, expand_inputs, shard_for_host
+        from audiosr_jax.inference.files import plan_files, run_files
 
-        jobs = assign_outputs(expand_inputs(args.inputs, exclude=args.output), args.output)
-        check_outputs_are_not_inputs(jobs, args.inputs, args.output)
-        single = len(jobs) == 1 and jobs[0].output == args.output
-        report = None if single else (args.report or os.path.join(args.output, "report.json"))
-        if single:
-            if not os.path.exists(jobs[0].input):
-                raise UserError(f"{jobs[0].input}: no such file")
-            _check_output_file(jobs[0].output, args.overwrite)
-            _check_writable(os.path.dirname(os.path.abspath(jobs[0].output)), "output")
-        else:
-            _check_writable(args.output, "outputs")
-            _check_writable(os.path.dirname(os.path.abspath(report)), "report")
-        _enable_compilation_cache()
-        from audiosr_jax import memory
-
+        plan = plan_files(args.inputs, args.output, overwrite=args.overwrite, report=args.report,
+                          max_channels=args.max_channels)  # every refusal before the (large) model is loaded
         import jax
-        import numpy as np
-        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-        from audiosr_jax.batch import BatchConfig, BatchStopped, merge_previous_report, run_batch, write_report
-        from audiosr_jax.checkpoint import load_weights
-        from audiosr_jax.pipeline import SamplingOptions
+        from audiosr_jax import AudioSR
+        from audiosr_jax.batch import BatchConfig
+        from audiosr_jax.inputs import shard_for_host
 
         if args.multihost:
             jax.distributed.initialize()
-            jobs = shard_for_host(jobs, jax.process_index(), jax.process_count())
-        if single:  # bad audio fails before the (large) checkpoint is loaded
-            from audiosr_jax.audio import load_audio
-
-            load_audio(jobs[0].input, max_channels=args.max_channels)
+            plan = dataclasses.replace(plan, jobs=shard_for_host(plan.jobs, jax.process_index(), jax.process_count()))
         if args.devices > jax.local_device_count():
             raise UserError(f"--devices {args.devices}: this process has {jax.local_device_count()} local devices")
-        devices = jax.local_devices()[: args.devices or None]
-        mesh = Mesh(np.asarray(devices), ("data",))
-        # placed once, replicated (or, --low-memory, read per stage and batch)
-        weights = load_weights(args.checkpoint, sharding=NamedSharding(mesh, P()), lazy=args.low_memory)
-        memory.release_free_memory()  # the restore's transient buffers
-        _check_sampler_fits(args, weights)
-        cfg = BatchConfig(options=SamplingOptions(args.steps, args.guidance, args.eta, args.sampler, args.dtype),
-                          seed=args.seed, batch_per_device=args.batch_size, max_channels=args.max_channels,
-                          overwrite=args.overwrite or single, match_loudness=args.match_loudness)
-        start = time.perf_counter()
-        stopped = None
+        sr = AudioSR.from_pretrained(args.checkpoint or args.model or "basic", devices=args.devices,
+                                     low_memory=args.low_memory)
         try:
-            results = run_batch(weights, jobs, cfg, mesh=mesh, progress=not (args.no_progress or single))
-        except BatchStopped as e:
-            results, stopped = e.results, str(e)
+            options = sr.options(args.steps, args.guidance, args.eta, args.sampler, args.dtype)
+        except UserError as e:
+            raise UserError(f"--sampler/--steps with {args.checkpoint or args.model or 'basic'}: {e}") from None
+        cfg = BatchConfig(options=options, seed=args.seed, batch_per_device=args.batch_size,
+                          max_channels=args.max_channels, overwrite=args.overwrite,
+                          match_loudness=args.match_loudness)
+        outcome = run_files(sr.weights, plan, cfg, mesh=sr.mesh, progress=not args.no_progress)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished outputs are complete; nothing partial was written", file=sys.stderr)
         return 130
+    return _print_outcome(plan, outcome)
 
-    elapsed = time.perf_counter() - start
+
+def _print_outcome(plan, outcome) -> int:
+    """One line per failure and warning on stderr, a summary on stdout; the exit status."""
+    results = outcome.results
     failed = [r for r in results if r.status == "failed"]
     for r in results:
         if r.note:
             print(f"warning: {r.note}", file=sys.stderr)
-    if single:
+    if plan.single:
         r = results[0]
         if failed:
             print(f"error: {r.reason}", file=sys.stderr)
             return 2
         cut = ", ".join(f"{c / 1000:.1f} kHz" for c in r.cutoff_hz)
         print(f"{r.input} -> {r.output}: {r.duration_s:.2f} s, {r.channels} channel(s), detected cutoff {cut}, "
-              f"{r.windows} window(s), {elapsed:.1f} s")
+              f"{r.windows} window(s), {outcome.seconds:.1f} s")
         return 0
-    for r in failed:  # first, so the reasons are seen even if the report cannot be written
+    for r in failed:
         print(f"failed: {r.reason}", file=sys.stderr)
-    if report is not None:
-        try:
-            write_report(merge_previous_report(results, report), report)
-        except OSError as e:
-            print(f"error: {report}: cannot write the report: {e.strerror or e}", file=sys.stderr)
-            report = None
+    if outcome.report_error:
+        print(f"error: {outcome.report_error}", file=sys.stderr)
     done = sum(r.status == "ok" for r in results)
     skipped = sum(r.status == "skipped" for r in results)
     audio_s = sum(r.duration_s for r in results if r.status == "ok")
-    print(f"{done} written, {skipped} skipped, {len(failed)} failed in {elapsed:.1f} s "
-          f"({audio_s / max(elapsed, 1e-9):.2f} s of audio per second); report: {report or 'not written'}")
-    if stopped:
-        print(f"error: {stopped}", file=sys.stderr)
+    print(f"{done} written, {skipped} skipped, {len(failed)} failed in {outcome.seconds:.1f} s "
+          f"({audio_s / max(outcome.seconds, 1e-9):.2f} s of audio per second); report: "
+          f"{outcome.report or 'not written'}")
+    if outcome.stopped:
+        print(f"error: {outcome.stopped}", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -35,9 +35,9 @@ def _main(argv):
         print("error: --config and --workdir are required", file=sys.stderr)
         return 2
     try:
-        from audiosr_jax.sample_cli import _enable_compilation_cache
+        from audiosr_jax.runtime import enable_compilation_cache
 
-        _enable_compilation_cache()
+        enable_compilation_cache()
         last = train(config, _WORKDIR.value, stop_after=_STOP_AFTER.value)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -106,13 +106,13 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
 def test_sampler_that_does_not_fit_the_models_schedule_is_a_user_error():
     from types import SimpleNamespace
 
+    from audiosr_jax import AudioSR
     from audiosr_jax.diffusion.config import DiffusionConfig
     from audiosr_jax.errors import UserError
 
-    w = SimpleNamespace(diffusion=DiffusionConfig("linear_zero_snr", (), 600, "eps"))
-    args = lambda sampler, steps: SimpleNamespace(sampler=sampler, steps=steps, checkpoint="ck")  # noqa: E731
-    sample._check_sampler_fits(args("ddim", 50), w)  # fine: DDIM never visits t=599 at 50 steps
+    sr = AudioSR(SimpleNamespace(diffusion=DiffusionConfig("linear_zero_snr", (), 600, "eps")))
+    sr.options(steps=50)  # fine: DDIM never visits t=599 at 50 steps
     with pytest.raises(UserError, match="trained with 600 timesteps"):
-        sample._check_sampler_fits(args("ddim", 800), w)
-    with pytest.raises(UserError, match="--sampler ddim --steps 300 with ck: an eps-prediction model cannot"):
-        sample._check_sampler_fits(args("ddim", 300), w)  # its grid reaches t=599, where ᾱ=0
+        sr.options(steps=800)
+    with pytest.raises(UserError, match="sampler=ddim steps=300: an eps-prediction model cannot"):
+        sr.options(steps=300)  # its grid reaches t=599, where ᾱ=0

@@ -28,9 +28,9 @@ STEPS = 6
 
 @pytest.fixture(scope="module", autouse=True)
 def _xla_cache():
-    from audiosr_jax.sample_cli import _enable_compilation_cache
+    from audiosr_jax.runtime import enable_compilation_cache
 
-    _enable_compilation_cache()
+    enable_compilation_cache()
 
 
 @pytest.fixture(scope="module")

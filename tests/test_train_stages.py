@@ -29,9 +29,9 @@ B = 2
 
 @pytest.fixture(scope="module", autouse=True)
 def _rbg_prng():
-    from audiosr_jax.sample_cli import _enable_compilation_cache
+    from audiosr_jax.runtime import enable_compilation_cache
 
-    _enable_compilation_cache()
+    enable_compilation_cache()
     old = jax.config.jax_default_prng_impl
     jax.config.update("jax_default_prng_impl", "unsafe_rbg")
     yield

@@ -1,0 +1,116 @@
+"""Super-resolve files: inputs → checked plan → batch engine → outputs and a report (what sample.py runs).
+
+    plan = plan_files(["music/", "@todo.txt"], "out/")      # every refusal before any model is loaded
+    outcome = run_files(weights, plan, BatchConfig(...))     # outputs written, report merged and written
+
+Nothing is lost: an output that is, or would overwrite, an input is refused; the run's own output folder
+is never read back as input; the output and report locations are probed for writing up front; a full or
+read-only disk stops the run with one line (finished outputs are complete, nothing partial is left); a
+rerun keeps what the earlier report knew of the files it skips.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+
+from audiosr_jax.errors import UserError
+from audiosr_jax.inputs import Job, assign_outputs, check_outputs_are_not_inputs, expand_inputs
+
+__all__ = ["FilePlan", "FilesOutcome", "plan_files", "run_files"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FilePlan:
+    """What a run will do. jobs: (input, output) pairs in order; single: one input written to the file
+    `output` (else `output` is a folder mirroring the inputs); report: the report path (None when single)."""
+
+    jobs: list[Job]
+    output: str
+    single: bool
+    report: str | None
+
+
+@dataclasses.dataclass
+class FilesOutcome:
+    """results: one FileResult per job; stopped: why the run stopped early ("" if it did not);
+    report: the report written (None if single or it could not be written); seconds: wall time."""
+
+    results: list
+    stopped: str = ""
+    report: str | None = None
+    report_error: str = ""
+    seconds: float = 0.0
+
+
+def plan_files(inputs: list[str], output: str, *, overwrite: bool = False, report: str | None = None,
+               max_channels: int = 2) -> FilePlan:
+    """Expand `inputs` (files, folders, globs, @lists) and pair them with outputs under `output`, refusing
+    (one-line UserError) whatever would lose data or fail only after the compute: an output that is an input,
+    an existing single output without `overwrite`, an unknown output format, an unwritable location, and a
+    single input that cannot be read."""
+    jobs = assign_outputs(expand_inputs(inputs, exclude=output), output)
+    check_outputs_are_not_inputs(jobs, inputs, output)
+    single = len(jobs) == 1 and jobs[0].output == output
+    if single:
+        from audiosr_jax.audio import load_audio
+
+        _check_output_file(jobs[0].output, overwrite)
+        _check_writable(os.path.dirname(os.path.abspath(output)), "output")
+        load_audio(jobs[0].input, max_channels=max_channels)  # bad audio fails before any model is loaded
+        return FilePlan(jobs, output, True, None)
+    report = report or os.path.join(output, "report.json")
+    _check_writable(output, "outputs")
+    _check_writable(os.path.dirname(os.path.abspath(report)), "report")
+    return FilePlan(jobs, output, False, report)
+
+
+def run_files(weights, plan: FilePlan, cfg, mesh=None, progress: bool = True) -> FilesOutcome:
+    """Run the batch engine over `plan` (`batch.run_batch`) and write the report (merged with an earlier
+    one at the same path). A single-file plan always (re)writes its output, which `plan_files` checked."""
+    from audiosr_jax.batch import BatchStopped, merge_previous_report, run_batch, write_report
+
+    if plan.single:
+        cfg = dataclasses.replace(cfg, overwrite=True)
+    start = time.perf_counter()
+    outcome = FilesOutcome([])
+    try:
+        outcome.results = run_batch(weights, plan.jobs, cfg, mesh=mesh, progress=progress and not plan.single)
+    except BatchStopped as e:
+        outcome.results, outcome.stopped = e.results, str(e)
+    outcome.seconds = time.perf_counter() - start
+    if plan.report is not None:
+        try:
+            write_report(merge_previous_report(outcome.results, plan.report), plan.report)
+            outcome.report = plan.report
+        except OSError as e:
+            outcome.report_error = f"{plan.report}: cannot write the report: {e.strerror or e}"
+    return outcome
+
+
+def _check_output_file(path: str, overwrite: bool) -> None:
+    import soundfile as sf
+
+    ext = os.path.splitext(path)[1].lstrip(".").upper()
+    if ext not in sf.available_formats():
+        raise UserError(f"{path}: unknown output format {ext or '(no extension)'!r}; use .wav, .flac or .ogg")
+    if os.path.exists(path) and not overwrite:
+        raise UserError(f"{path}: already exists (use --overwrite)")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UserError(f"{path}: output directory {parent} does not exist")
+
+
+def _check_writable(folder: str, what: str) -> None:
+    """Create `folder` if needed and write a probe file there, so an unwritable or full location is found
+    before any compute (one-line UserError naming it and the cause)."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".audiosr-jax-probe-") as f:
+            f.write(b"\0" * 65536)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise UserError(f"{folder}: cannot write the {what} there: {e.strerror or e}") from None
