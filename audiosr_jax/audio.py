@@ -106,6 +106,15 @@ def load_audio(path, max_channels: int = 2) -> tuple[np.ndarray, int]:
     return check_audio(np.ascontiguousarray(data.T), int(sr), p, max_channels), int(sr)
 
 
+def check_input_array(x, sr: int, name: str, max_channels: int = 2) -> np.ndarray:
+    """`check_audio` for audio a caller passes in memory: also refuses soundfile's [N, C] layout given by
+    mistake for [C, N] (more samples than rows, at most 16 columns). Returns float32 [C, N]."""
+    x = np.asarray(x)
+    if x.ndim == 2 and x.shape[0] > x.shape[1] and x.shape[1] <= 16:
+        raise _fail(name, f"shape {x.shape} looks like [samples, channels]; pass [channels, samples]")
+    return check_audio(x, sr, name, max_channels)
+
+
 def check_audio(x: np.ndarray, sr: int, name: str, max_channels: int = 2) -> np.ndarray:
     """Validate audio already in memory: float32 [C, N] (or [N] for mono) at `sr` Hz. Returns float32 [C, N].
 
@@ -198,10 +207,8 @@ def prepare_waveform(source, max_channels: int = 2) -> tuple[np.ndarray, dict]:
       AudioError as :func:`load_audio` / :func:`check_audio`.
     """
     if isinstance(source, tuple):
-        x, sr = np.asarray(source[0]), int(source[1])
-        if x.ndim == 2 and x.shape[0] > x.shape[1] and x.shape[1] <= 16:  # soundfile's [N, C] by mistake
-            raise _fail("audio array", f"shape {x.shape} looks like [samples, channels]; pass [channels, samples]")
-        audio = check_audio(x, sr, "audio array", max_channels)
+        sr = int(source[1])
+        audio = check_input_array(source[0], sr, "audio array", max_channels)
     else:
         audio, sr = load_audio(source, max_channels=max_channels)
     wave = resample(audio, sr, SAMPLE_RATE)

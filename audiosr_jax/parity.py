@@ -1,33 +1,40 @@
 """Compare audiosr-jax with reference outputs of the PyTorch AudioSR (made by tools/reference/make_fixtures.py).
 
-A fixture directory holds `<width>_param_shapes.json` (the synthetic weights' keys, shapes, seed, scale
+A fixture directory holds `<width>_param_shapes.json` (the synthetic weights' keys, shapes, seeds, scale
 factor and fingerprint), `frontend.npz`, `modules.npz` and `ddim.npz`. `compare(directory)` rebuilds the
-same weights, converts them with our converter, runs every stage on the same inputs (and the reference's
-own noise for the sampler) and returns the error of each stage. Used by tests/test_parity.py (reduced
-width, committed fixtures) and by tools/parity_report.py (any width, e.g. the full-size model).
+same weights (the conditioning VAE's encoder with its own seed, so it differs from the first stage's),
+converts them with our converter, runs every stage on the same inputs (and the reference's own noise for
+the sampler; each UNet call of the DDIM run is recorded) and returns the error of each stage. Used by
+tests/test_parity.py (reduced width, committed fixtures) and by tools/parity_report.py (any width, e.g. the
+full-size model).
 """
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
+import re
 import tempfile
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import soundfile as sf
 
-from audiosr_jax import audio, lowpass, postprocess
-from audiosr_jax.checkpoint import AudioSRWeights
+from audiosr_jax import audio, lowpass, pipeline, postprocess
+from audiosr_jax.checkpoint import AudioSRWeights, select_part
 from audiosr_jax.convert.core import COND_VAE, VAE, convert_state_dict
+from audiosr_jax.diffusion.samplers import classifier_free_guidance
 from audiosr_jax.models.unet import UNetModel
 from audiosr_jax.models.vae import AutoencoderKL
 from audiosr_jax.models.vocoder import HiFiGAN
-from audiosr_jax.pipeline import Noise, SamplingOptions, generate, super_resolve_waveform
+from audiosr_jax.pipeline import Noise, SamplingOptions, super_resolve_waveform
 from audiosr_jax.synthetic import fingerprint, parity_clip, synthetic_state_dict
 
-__all__ = ["reference_weights", "compare", "rel_err", "snr_db", "log_mel_float64", "LOUD_LOG_MEL"]
+__all__ = ["reference_state_dict", "reference_weights", "swap_encoders", "compare", "rel_err", "snr_db",
+           "log_mel_float64", "LOUD_LOG_MEL"]
 
 # Log-mel error is judged where the mel is ≥ 30 dB above the 1e-5 floor: nearer the floor both fp32 codes
 # carry FFT rounding noise of ~1e-3 in log units (the reference itself is that far from the float64 truth).
@@ -58,20 +65,116 @@ def _nhwc(x):
     return np.transpose(x, (0, 2, 3, 1))
 
 
-def reference_weights(directory: str) -> AudioSRWeights:
-    """The synthetic weights the fixtures in `directory` were made with, converted by our converter."""
+def reference_state_dict(directory: str) -> tuple[dict[str, np.ndarray], str]:
+    """(torch-layout state dict, shapes file) of the synthetic weights the fixtures in `directory` were made with.
+
+    Every key of the shapes file is `synthetic_tensor(key, shape, seed)` with the file's "seed", except keys
+    under a "prefix_seeds" prefix, drawn with that prefix's seed: the conditioning VAE's encoder and quant_conv
+    (`cond_stage_models.0.vae.`, seed 1), which thus differ from the first stage's. A fixture directory made
+    before the conditioning VAE had weights of its own (no such keys) gets the release's copy of the
+    first-stage encoder instead. Adds `scale_factor`.
+    """
     [shapes_file] = glob.glob(os.path.join(directory, "*_param_shapes.json"))
     meta = json.load(open(shapes_file))
-    sd = synthetic_state_dict(meta["shapes"], seed=meta["seed"])
+    prefix_seeds = meta.get("prefix_seeds", {})
+
+    def seed_of(key):
+        prefixes = [p for p in prefix_seeds if key.startswith(p)]
+        return prefix_seeds[max(prefixes, key=len)] if prefixes else meta["seed"]
+
+    by_seed: dict[int, dict] = {}
+    for key, shape in meta["shapes"].items():
+        by_seed.setdefault(int(seed_of(key)), {})[key] = shape
+    drawn = {k: v for seed, shapes in by_seed.items() for k, v in synthetic_state_dict(shapes, seed=seed).items()}
+    sd = {k: drawn[k] for k in meta["shapes"]}  # the file's order
     got = fingerprint(sd)
     if abs(got - meta["fingerprint"]) > 1e-12 * abs(meta["fingerprint"]):
         raise RuntimeError(f"{shapes_file}: weights fingerprint {got} != {meta['fingerprint']}: numpy's random "
                            "stream differs from the reference venv's; regenerate the fixtures")
-    for k in [k for k in sd if k.startswith(VAE + "encoder.") or k.startswith(VAE + "quant_conv.")]:
-        sd[COND_VAE + k[len(VAE):]] = sd[k]  # the release stores the conditioning VAE as a copy
+    if not any(k.startswith(COND_VAE) for k in sd):
+        for k in [k for k in sd if k.startswith(VAE + "encoder.") or k.startswith(VAE + "quant_conv.")]:
+            sd[COND_VAE + k[len(VAE):]] = sd[k]  # as the release stores it: a copy of the first stage
     sd["scale_factor"] = np.float32(meta["scale_factor"])
-    weights, _ = convert_state_dict(sd, origin=shapes_file)
+    return sd, shapes_file
+
+
+def reference_weights(directory: str) -> AudioSRWeights:
+    """The synthetic weights the fixtures in `directory` were made with, converted by our converter (a
+    conditioning VAE of its own becomes params["cond_vae"])."""
+    sd, shapes_file = reference_state_dict(directory)
+    weights, report = convert_state_dict(sd, origin=shapes_file)
+    own_cond = any(k.startswith(COND_VAE) and not np.array_equal(v, sd.get(VAE + k[len(COND_VAE):]))
+                   for k, v in sd.items())
+    if own_cond != ("cond_vae" in weights.params):
+        raise RuntimeError(f"{shapes_file}: the converter's conditioning VAE ({report.cond_vae}) does not match "
+                           f"the state dict (own conditioning-VAE weights: {own_cond})")
     return weights
+
+
+def swap_encoders(weights: AudioSRWeights) -> AudioSRWeights:
+    """The same weights with the first-stage and the conditioning encoders (encoder + quant_conv) exchanged:
+    what a pipeline that mixed the two up would compute. Needs a separate params["cond_vae"]."""
+    p = weights.params
+    vae = dict(p["vae"], encoder=p["cond_vae"]["encoder"], quant_conv=p["cond_vae"]["quant_conv"])
+    cond = {"encoder": p["vae"]["encoder"], "quant_conv": p["vae"]["quant_conv"]}
+    return AudioSRWeights(weights.vae, weights.unet, weights.vocoder, dict(p, vae=vae, cond_vae=cond),
+                          weights.scale_factor, source=weights.source + " (encoders swapped)",
+                          diffusion=weights.diffusion)
+
+
+# The UNet outputs of the pipeline's own DDIM run: `_generate_recording` traces `pipeline._generate_body` with
+# a `classifier_free_guidance` that also reports every network call (t, v) to the host, into `_UNET_CALLS`.
+_UNET_CALLS: list = []
+
+
+def _record_unet_call(t, v):
+    _UNET_CALLS.append((np.asarray(t), np.asarray(v)))
+
+
+def _recording_guidance(model, cond, uncond, scale):
+    def recording_model(x, t, c):
+        v = model(x, t, c)
+        jax.debug.callback(_record_unet_call, t, v)
+        return v
+
+    return classifier_free_guidance(recording_model, cond, uncond, scale)
+
+
+@functools.partial(jax.jit, static_argnames=("configs", "options"))
+def _generate_recording(params, scale_factor, lowpass_mel, noise: Noise, *, configs, options: SamplingOptions):
+    """`pipeline.generate` (same body) that also reports each UNet call; the patch is in place while tracing only."""
+    saved = pipeline.classifier_free_guidance
+    pipeline.classifier_free_guidance = _recording_guidance
+    try:
+        out = pipeline._generate_body(params, scale_factor, lowpass_mel, noise, configs, options)
+    finally:
+        pipeline.classifier_free_guidance = saved
+    cond = pipeline._encode_condition(select_part(params, "cond_encoder"), lowpass_mel, noise.cond_eps,
+                                      configs, options)
+    return dict(out, cond=cond)
+
+
+def _generate_with_unet_calls(weights: AudioSRWeights, lowpass_mel, noise: Noise, options: SamplingOptions):
+    """generate()'s outputs plus "cond" (the sampled condition latent) and {(t, "cond"|"uncond"): v [B, ...]}."""
+    _UNET_CALLS.clear()
+    out = _generate_recording(weights.params, jnp.float32(weights.scale_factor), lowpass_mel, noise,
+                              configs=pipeline._configs(weights), options=options)
+    out = jax.tree.map(np.asarray, out)
+    jax.effects_barrier()
+    calls = {}
+    for t, v in _UNET_CALLS:
+        if options.guidance == 1.0:  # the conditional branch only
+            calls[(int(t[0]), "cond")] = v
+            continue
+        batch = len(t) // 2  # one call on [cond; uncond]
+        calls[(int(t[0]), "cond")], calls[(int(t[batch]), "uncond")] = v[:batch], v[batch:]
+    _UNET_CALLS.clear()
+    return out, calls
+
+
+def _stft_cutoff_bin(wave_out, wave_lowpass) -> int:
+    """The cutoff row of `postprocess.replace_low_stft` (its own `_stfts`) for one item."""
+    return int(postprocess._stfts(jnp.asarray(wave_out)[None], jnp.asarray(wave_lowpass)[None])[2][0])
 
 
 def _log_mel_errors(ours, ref, wave) -> dict[str, float]:
@@ -83,7 +186,8 @@ def _log_mel_errors(ours, ref, wave) -> dict[str, float]:
 
 
 def compare(directory: str, weights: AudioSRWeights | None = None) -> dict[str, float]:
-    """Run every compared stage; returns {metric: value}. Relative errors are max|Δ|/max|ref| (fp32)."""
+    """Run every compared stage; returns {metric: value}. Relative errors are max|Δ|/max|ref| (fp32); integer
+    results (bins, call counts) are returned as floats."""
     weights = weights or reference_weights(directory)
     fe, mod, dd = (np.load(os.path.join(directory, n)) for n in ("frontend.npz", "modules.npz", "ddim.npz"))
     out: dict[str, float] = {}
@@ -127,10 +231,21 @@ def compare(directory: str, weights: AudioSRWeights | None = None) -> dict[str, 
     noise = Noise(cond_eps=jnp.asarray(_nhwc(dd["noise_1"])), x_T=jnp.asarray(_nhwc(dd["noise_2"])),
                   steps=jnp.stack([jnp.asarray(_nhwc(dd[f"noise_{3 + i}"])) for i in range(steps)]))
     options = SamplingOptions(steps=steps, guidance=float(dd["guidance_scale"]), eta=float(dd["ddim_eta"]))
-    gen = generate(weights, jnp.asarray(fe["lowpass_mel"])[None], noise, options)
+    gen, calls = _generate_with_unet_calls(weights, jnp.asarray(fe["lowpass_mel"])[None], noise, options)
+    out["ddim_cond_rel"] = rel_err(gen["cond"], _nhwc(dd["ddim_cond"]))
+    for i, name in enumerate(dd["unet_call_names"]):  # "t=501 cond", "t=501 uncond", "t=1 cond", "t=1 uncond"
+        t, kind = re.fullmatch(r"t=(\d+) (cond|uncond)", str(name)).groups()
+        out[f"unet_call_{i}_rel"] = rel_err(calls[(int(t), kind)], _nhwc(dd[f"unet_call_{i}"]))
+    out["unet_calls_ours"] = float(len(calls))
     out["ddim_latent_rel"] = rel_err(gen["latent"], _nhwc(dd["ddim_latent"]))
     out["ddim_mel_rel"] = rel_err(gen["mel"], dd["ddim_mel"][:, 0])
+    out["ddim_mel_replaced_rel"] = rel_err(gen["mel_replaced"], dd["ddim_mel_replaced"][:, 0])
+    k = int(fe["mel_cutoff_bin"])  # below it the reference copies lowpass_mel exactly
+    low = gen["mel_replaced"][..., :k] - dd["ddim_mel_replaced"][:, 0, :, :k]
+    out["ddim_mel_replaced_low_max_abs"] = float(np.abs(low).max())
     out["ddim_vocoder_snr_db"] = snr_db(gen["waveform"], dd["ddim_waveform_vocoder"].reshape(gen["waveform"].shape))
+    out["stft_cutoff_bin_ours"] = float(_stft_cutoff_bin(gen["waveform"][0], fe["lowpass_waveform"]))
+    out["stft_cutoff_bin_ref"] = float(fe["stft_cutoff_bin"])
     info = dict(info, samples=wave.shape[1] + 16)  # keep the whole padded output, as the reference returns it
     final, info = super_resolve_waveform(weights, wave, info, options, noise=noise)
     out["final_waveform_snr_db"] = snr_db(final[0], dd["ddim_waveform"].ravel()[: final.shape[1]])

@@ -92,12 +92,15 @@ class AudioSR:
               **sampling) -> list[np.ndarray]:
         """Super-resolve many signals together (windows batched over every device). sample_rate: one rate
         for all, or one per signal. Returns one 48 kHz array per input, shaped like it ([N'] or [C, N'])."""
+        from audiosr_jax import audio
         from audiosr_jax.batch import run_arrays
 
         rates = [sample_rate] * len(audios) if np.ndim(sample_rate) == 0 else list(sample_rate)
         if len(rates) != len(audios):
             raise UserError(f"{len(audios)} signals but {len(rates)} sample rates")
         cfg = self._config(seed, batch_size, max_channels, match_loudness, **sampling)
+        for i, (x, rate) in enumerate(zip(audios, rates)):  # unusable audio raises AudioError here, by index
+            audio.check_input_array(x, int(rate), f"audio array {i}", max_channels)
         results, outputs = run_arrays(self.weights, list(zip(audios, rates)), cfg, mesh=self.mesh, progress=progress)
         for r in results:
             if r.status != "ok":

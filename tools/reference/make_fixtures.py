@@ -4,7 +4,8 @@
     .refenv/bin/python tools/reference/make_fixtures.py --width full --out /work/fullref
 
 Writes, for the given width (prefix `reduced_`/`full_` only on the shapes json):
-  {width}_param_shapes.json  seed, scale_factor, fingerprint and {key: shape} of the synthetic weights
+  {width}_param_shapes.json  seeds, scale_factor, fingerprint and {key: shape} of the synthetic weights (first
+                             stage + UNet with seed 0, the conditioning VAE's encoder with its own seed 1)
   frontend.npz               the reference's loading / mel front-end / low-pass pre-processing of the clip
   modules.npz                single-module outputs (VAE encode/decode, UNet with and without condition, vocoder)
   ddim.npz                   the whole pipeline (super_resolution -> generate_batch) with every torch RNG draw
@@ -298,8 +299,9 @@ def main(argv=None) -> None:
           f"({sum(int(np.prod(s)) for s in shapes.values()):,} synthetic elements in {len(shapes)} keys)")
     shapes_path = os.path.join(args.out, f"{args.width}_param_shapes.json")
     with open(shapes_path, "w") as f:
-        json.dump({"seed": 0, "scale_factor": rm.SCALE_FACTOR, "fingerprint": fingerprint(weights),
-                   "shapes": {k: list(v) for k, v in shapes.items()}}, f, indent=0)
+        # "seed" for every key but those under a "prefix_seeds" prefix (the conditioning VAE's own weights)
+        json.dump({"seed": 0, "prefix_seeds": {rm.COND_PREFIX: rm.COND_SEED}, "scale_factor": rm.SCALE_FACTOR,
+                   "fingerprint": fingerprint(weights), "shapes": {k: list(v) for k, v in shapes.items()}}, f, indent=0)
     print(f"wrote {shapes_path}: {os.path.getsize(shapes_path) / 1e3:.0f} kB")
     del weights
 

@@ -8,9 +8,13 @@
   upsample_initial_channel 1536 -> 64; "full" is the released architecture.
 * CLAP (built in `DDPM.__init__`, unused for super-resolution) is replaced by an empty module.
 * Every nn.Parameter under `first_stage_model.` and `model.diffusion_model.` is set from
-  `audiosr_jax.synthetic.synthetic_state_dict(shapes, seed)`, keyed by its full state_dict name; the
-  conditioning VAE `cond_stage_models.0.vae` gets a copy of `first_stage_model` (as in the release);
-  `scale_factor` is filled with 0.55 in place (the DiffusionWrapper holds the same tensor); the schedule
+  `audiosr_jax.synthetic.synthetic_state_dict(shapes, seed)` (seed 0), keyed by its full state_dict name.
+* The conditioning VAE `cond_stage_models.0.vae` gets weights of its *own*, unlike the release (where it is
+  a copy of `first_stage_model`), so that the fixtures tell the two encoders apart: the parameters its
+  forward uses (`VAEFeatureExtract.forward` = `vae.encode(x).sample()` = `encoder` then `quant_conv`,
+  COND_PREFIXES) are `synthetic_state_dict(cond_shapes, COND_SEED)` (seed 1) under their own full names; its
+  decoder, post_quant_conv and vocoder, which never run, stay a copy of the first stage's.
+* `scale_factor` is filled with 0.55 in place (the DiffusionWrapper holds the same tensor); the schedule
   buffers stay as the model computes them. The model is in eval mode.
 """
 
@@ -35,11 +39,15 @@ import audiosr.utilities.model as utilities_model  # noqa: E402
 from audiosr.utils import get_basic_config  # noqa: E402
 from audiosr_jax.synthetic import synthetic_state_dict  # noqa: E402
 
-__all__ = ["WIDTHS", "SYNTHETIC_PREFIXES", "SCALE_FACTOR", "model_config", "build_reference_model"]
+__all__ = ["WIDTHS", "SYNTHETIC_PREFIXES", "COND_PREFIX", "COND_PREFIXES", "COND_SEED", "SCALE_FACTOR", "model_config",
+           "build_reference_model"]
 
 # (VAE ch, UNet model_channels, vocoder upsample_initial_channel)
 WIDTHS = {"reduced": (32, 32, 64), "full": (128, 128, 1536)}
 SYNTHETIC_PREFIXES = ("first_stage_model.", "model.diffusion_model.")
+COND_PREFIX = "cond_stage_models.0.vae."
+COND_PREFIXES = (COND_PREFIX + "encoder.", COND_PREFIX + "quant_conv.")  # all the conditioning VAE runs
+COND_SEED = 1
 SCALE_FACTOR = 0.55
 
 _ORIGINAL_VOCODER_CONFIG = utilities_model.get_vocoder_config_48k
@@ -73,7 +81,9 @@ def build_reference_model(width: str = "reduced", seed: int = 0, scale_factor: f
     """The reference LatentDiffusion with synthetic weights.
 
     Returns (model, shapes, weights): `shapes` = {state_dict key: shape} of exactly the synthetic keys (every
-    parameter under SYNTHETIC_PREFIXES, in state_dict order) and `weights` = the float32 numpy arrays set.
+    parameter under SYNTHETIC_PREFIXES, then every one under COND_PREFIXES, each group in state_dict order)
+    and `weights` = the float32 numpy arrays set (the first group drawn with `seed`, the second with
+    COND_SEED).
     """
     params = model_config(width)
     _set_vocoder_width(WIDTHS[width][2])
@@ -86,13 +96,20 @@ def build_reference_model(width: str = "reduced", seed: int = 0, scale_factor: f
 
     named = dict(model.named_parameters())
     shapes = {k: tuple(p.shape) for k, p in named.items() if k.startswith(SYNTHETIC_PREFIXES)}
+    cond_shapes = {k: tuple(p.shape) for k, p in named.items() if k.startswith(COND_PREFIXES)}
     weights = synthetic_state_dict(shapes, seed=seed)
+    cond_weights = synthetic_state_dict(cond_shapes, seed=COND_SEED)
     with torch.no_grad():
+        cond_vae = model.cond_stage_models[0].vae
         for key, value in weights.items():
             named[key].copy_(torch.from_numpy(value))
-        cond_vae = model.cond_stage_models[0].vae
+        # decoder / post_quant_conv / vocoder of the conditioning VAE: never run; a copy keeps them deterministic
         missing, unexpected = cond_vae.load_state_dict(model.first_stage_model.state_dict(), strict=True)
         assert not missing and not unexpected
+        for key, value in cond_weights.items():
+            named[key].copy_(torch.from_numpy(value))
         model.scale_factor.fill_(scale_factor)
+        first_enc = model.first_stage_model.encoder.conv_in.weight
+        assert not torch.equal(cond_vae.encoder.conv_in.weight, first_enc), "the two encoders must differ"
     assert model.model.scale_factor is model.scale_factor, "DiffusionWrapper must share the scale_factor buffer"
-    return model, shapes, weights
+    return model, {**shapes, **cond_shapes}, {**weights, **cond_weights}
