@@ -18,6 +18,7 @@ round-robin share of the file list (`inputs.shard_for_host`) and runs on its own
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import errno
@@ -35,7 +36,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from audiosr_jax import audio, lowpass, postprocess, windows
 from audiosr_jax.checkpoint import AudioSRWeights
+from audiosr_jax.diffusion import sampling
 from audiosr_jax.errors import UserError
+from audiosr_jax.inference import progress as step_progress
 from audiosr_jax.inputs import Job
 from audiosr_jax.pipeline import (SamplingOptions, draw_noise, item_keys, latent_shape, num_sampler_steps,
                                   super_resolve_windows, super_resolve_windows_low_memory)
@@ -231,6 +234,13 @@ def _run(weights: AudioSRWeights, jobs: list[_Item], cfg: BatchConfig, mesh: Mes
     queues: dict[int, deque] = defaultdict(deque)  # window length → (file, channel, window) items
     files: dict[int, _File] = {}
 
+    # a per-step bar (ticks from inside the sampler) when asked for, else the files bar
+    step_bar = contextlib.ExitStack()
+    steps_view = None
+    if cfg.options.progress:
+        steps_view = step_bar.enter_context(step_progress.step_bar(desc=jobs[0].name if len(jobs) == 1 else "sampling"))
+        progress = False
+    calls = sampling.num_network_calls(cfg.options.sampler, cfg.options.steps, weights.diffusion.num_timesteps)
     bar = tqdm(total=len(jobs), unit=unit, disable=not progress, desc="audiosr-jax")
     counts = {"windows": 0, "batches": 0}  # shown beside the file count: sampler steps run so far
 
@@ -268,6 +278,8 @@ def _run(weights: AudioSRWeights, jobs: list[_Item], cfg: BatchConfig, mesh: Mes
             noise = type(noise)(*(jax.device_put(a, NamedSharding(mesh, P(*([None] * (a.ndim - 4)), "data")))
                                   for a in noise))
             x = jax.device_put(x, data_sharding)
+            if steps_view is not None:
+                steps_view.add(calls)
             if params is None:
                 y = super_resolve_windows_low_memory(weights, x, noise, cfg.options, sharding=replicated,
                                                      replace_low_band=False)
@@ -314,6 +326,7 @@ def _run(weights: AudioSRWeights, jobs: list[_Item], cfg: BatchConfig, mesh: Mes
         raise BatchStopped(str(stop), results) from None
     finally:
         bar.close()
+        step_bar.close()
     return results, outputs
 
 

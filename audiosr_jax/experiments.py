@@ -135,13 +135,15 @@ def super_resolve(checkpoint: Path, inputs: Path, outputs: Path, *, steps: int =
 
     ``dtype`` is the networks' compute dtype (``--dtype``: "float32" or "bfloat16"; params stay float32).
     """
-    from audiosr_jax import sample_cli
+    from audiosr_jax import AudioSR
 
-    code = sample_cli.main([str(inputs), "-o", str(outputs), "--checkpoint", str(checkpoint), "--steps", str(steps),
-                            "--guidance", str(guidance), "--sampler", sampler, "--eta", str(eta), "--seed", str(seed),
-                            "--batch-size", str(batch_size), "--dtype", dtype, "--match-loudness", "--no-progress"])
-    if code != 0:
-        raise SystemExit(f"error: sample.py failed (exit status {code}); see {Path(outputs) / 'report.json'}")
+    outcome = AudioSR.from_pretrained(str(checkpoint)).super_resolve_files(
+        [str(inputs)], str(outputs), seed=seed, batch_size=batch_size, match_loudness=True, progress=False,
+        steps=steps, guidance=guidance, sampler=sampler, eta=eta, dtype=dtype)
+    failed = [r.reason for r in outcome.results if r.status == "failed"]
+    if failed or outcome.stopped:
+        raise SystemExit(f"error: super-resolution failed: {outcome.stopped or failed[0]} "
+                         f"({len(failed)} files; see {Path(outputs) / 'report.json'})")
 
 
 def score(outputs: Path, references: Path, inputs: Path, png_dir: Path | None = None) -> list[dict]:

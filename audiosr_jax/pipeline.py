@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from audiosr_jax import audio, lowpass, postprocess
+from audiosr_jax.inference import progress
 from audiosr_jax.checkpoint import AudioSRWeights, select_part
 from audiosr_jax.diffusion import sampling
 from audiosr_jax.diffusion.samplers import classifier_free_guidance
@@ -50,6 +51,7 @@ class SamplingOptions(NamedTuple):
     eta: float = 1.0
     sampler: str = "ddim"
     dtype: str = "float32"
+    progress: bool = False  # tick `inference.progress` after every network call (a host callback)
 
 
 SAMPLERS = sampling.SAMPLERS
@@ -116,6 +118,8 @@ def _sample_latent(unet_params, scale_factor, cond, x_T, step_noise, configs, op
 
     def model(x, t, c):
         pred = unet.apply({"params": unet_params}, jnp.concatenate([x, c * scale_factor], axis=-1), t)
+        if options.progress:
+            jax.debug.callback(progress.tick, t[:1])  # unordered: the device does not wait for the host
         return pred.astype(jnp.float32)
 
     denoise = classifier_free_guidance(model, cond, uncond, options.guidance)  # in the model's parameterisation

@@ -17,6 +17,7 @@ from audiosr_jax.convert import vocoder as vocoder_conv
 from audiosr_jax.convert.core import COND_VAE, UNET, VAE
 from audiosr_jax.convert.rules import to_torch
 from audiosr_jax.diffusion.schedules import cosine_alphas_cumprod
+from audiosr_jax.models.presets import WIDTHS
 from audiosr_jax.models.unet import UNetConfig
 from audiosr_jax.models.vae import VAEConfig
 from audiosr_jax.models.vocoder import VocoderConfig
@@ -24,19 +25,6 @@ from audiosr_jax.synthetic import synthetic_state_dict
 
 __all__ = ["WIDTHS", "torch_shapes", "synthetic_torch_checkpoint", "write_synthetic_checkpoint"]
 
-def _tiny_vae() -> VAEConfig:
-    # Four levels like the release (latent 8x smaller in time and frequency, so attention stays small),
-    # but 32 channels throughout and one block per level.
-    return VAEConfig(ch=32, ch_mult=(1, 1, 1, 1), num_res_blocks=1, z_channels=4, embed_dim=4)
-
-
-# Architectures of the synthetic checkpoints: "tiny" for fast pipeline tests, "reduced" as in the parity
-# fixtures (AUDIOSR.md §3.4), "full" as released.
-WIDTHS = {
-    "tiny": (_tiny_vae, UNetConfig.tiny, VocoderConfig.tiny),
-    "reduced": (VAEConfig.reduced, UNetConfig.reduced, VocoderConfig.reduced),
-    "full": (VAEConfig, UNetConfig, VocoderConfig),
-}
 
 
 def _zeros_like_tree(tree):

@@ -1,7 +1,7 @@
-"""Network architectures as ml_collections configs: `--config=configs/models.py:full` (or reduced, tiny).
+"""Network architectures as ml_collections configs: `--config=audiosr_jax/configs/models.py:full` (or reduced, tiny).
 
   full     the released AudioSR (VAE ch 128, UNet 128, HiFi-GAN 1536): 672,012,546 parameters
-  reduced  the parity-test width (VAE 32, UNet 32, vocoder 64; AUDIOSR.md §3.4)
+  reduced  the parity-test width (VAE 32, UNet 32, vocoder 64; docs/parity.md)
   tiny     the smallest pipeline that keeps every structural feature, for fast tests and demos
 
 Each field holds the `to_dict()` of the family's dataclass (audiosr_jax.models.*), so a config is plain
@@ -11,7 +11,7 @@ checkpoint. `architectures(cfg)` turns it back into the dataclasses.
 
 import ml_collections
 
-from audiosr_jax.testing import WIDTHS
+from audiosr_jax.models.presets import WIDTHS
 
 
 def get_config(preset: str = "full") -> ml_collections.ConfigDict:

@@ -116,3 +116,21 @@ def test_sampler_that_does_not_fit_the_models_schedule_is_a_user_error():
         sr.options(steps=800)
     with pytest.raises(UserError, match="sampler=ddim steps=300: an eps-prediction model cannot"):
         sr.options(steps=300)  # its grid reaches t=599, where ᾱ=0
+
+
+def test_one_file_shows_live_sampler_steps_and_the_bar_does_not_change_the_output(tmp_path, tiny_checkpoint_dir,
+                                                                                  capsys):
+    src = tmp_path / "in.wav"
+    sf.write(src, _tone(16000, 0.7, channels=2), 16000)
+    outs = {}
+    for flag in ([], ["--no-progress"]):
+        out = tmp_path / f"out{len(flag)}.wav"
+        code, err = _run([str(src), "-o", str(out), "--checkpoint", tiny_checkpoint_dir, "--steps", "3",
+                          "--sampler", "heun", *flag], capsys)
+        assert code == 0, err
+        outs[bool(flag)] = sf.read(out)[0]
+        if flag:
+            assert "step" not in err
+        else:  # Heun: 2·3 − 1 = 5 network calls, each ticked from inside the compiled sampler
+            assert "5/5" in err and "step" in err, err
+    np.testing.assert_array_equal(outs[False], outs[True])

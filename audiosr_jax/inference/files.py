@@ -72,8 +72,8 @@ def run_files(weights, plan: FilePlan, cfg, mesh=None, progress: bool = True) ->
     one at the same path). A single-file plan always (re)writes its output, which `plan_files` checked."""
     from audiosr_jax.batch import BatchStopped, merge_previous_report, run_batch, write_report
 
-    if plan.single:
-        cfg = dataclasses.replace(cfg, overwrite=True)
+    if plan.single:  # one file: a live bar of sampler steps instead of a files bar
+        cfg = dataclasses.replace(cfg, overwrite=True, options=cfg.options._replace(progress=progress))
     start = time.perf_counter()
     outcome = FilesOutcome([])
     try:
