@@ -58,6 +58,7 @@ class BatchConfig:
     max_window_segments: int = 2  # windows of at most 2 × 5.12 s, the training crop length
     overwrite: bool = False
     match_loudness: bool = False
+    lowpass: str = "official"  # the condition's filter family: the official tool's draw for `seed`, or a name
 
 
 @dataclasses.dataclass
@@ -147,7 +148,7 @@ def _prepare(job: _Item, cfg: BatchConfig, result: FileResult) -> _File:
     wave = wave[:, :cover] if wave.shape[1] >= cover else np.pad(wave, ((0, 0), (0, cover - wave.shape[1])))
     lp, cutoffs = [], []
     for ch in wave:
-        x, cutoff = lowpass.prepare_lowpass(ch)
+        x, cutoff = lowpass.prepare_lowpass(ch, ftype=lowpass.filter_type(cfg.lowpass, cfg.seed))
         lp.append(x)
         cutoffs.append(float(cutoff))
     lowpassed = windows.cut_windows(np.stack(lp).astype(np.float32), plan)

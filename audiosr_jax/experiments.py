@@ -139,7 +139,7 @@ def super_resolve(checkpoint: Path, inputs: Path, outputs: Path, *, steps: int =
 
     outcome = AudioSR.from_pretrained(str(checkpoint)).super_resolve_files(
         [str(inputs)], str(outputs), seed=seed, batch_size=batch_size, match_loudness=True, progress=False,
-        steps=steps, guidance=guidance, sampler=sampler, eta=eta, dtype=dtype)
+        lowpass="ellip", steps=steps, guidance=guidance, sampler=sampler, eta=eta, dtype=dtype)  # as the reports
     failed = [r.reason for r in outcome.results if r.status == "failed"]
     if failed or outcome.stopped:
         raise SystemExit(f"error: super-resolution failed: {outcome.stopped or failed[0]} "

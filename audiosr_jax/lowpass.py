@@ -39,11 +39,24 @@ FILTER_TYPE = "ellip"  # what np.random.choice gives after the reference's seed_
 REFERENCE_FILTER_CHOICES = ("butter", "cheby1", "ellip", "bessel")
 
 
+LOWPASS_CHOICES = ("official",) + REFERENCE_FILTER_CHOICES  # the `--lowpass` values
+
+
 def reference_filter_type(seed: int) -> str:
     """The filter type the reference draws for a given ``--seed``: ``seed_everything(seed)`` then
     ``np.random.choice(["butter", "cheby1", "ellip", "bessel"])`` as the first numpy draw. 42 -> "ellip".
     """
     return str(np.random.RandomState(int(seed)).choice(list(REFERENCE_FILTER_CHOICES)))
+
+
+def filter_type(lowpass: str, seed: int) -> str:
+    """The filter family to condition with: ``"official"`` → the official tool's draw for ``seed``
+    (`reference_filter_type`), else the named family (one of ``REFERENCE_FILTER_CHOICES``)."""
+    if lowpass == "official":
+        return reference_filter_type(seed)
+    if lowpass not in REFERENCE_FILTER_CHOICES:
+        raise ValueError(f"unknown low-pass family {lowpass!r}; choose from {', '.join(LOWPASS_CHOICES)}")
+    return lowpass
 
 
 def cutoff_index(energy: np.ndarray, percentile: float = CUTOFF_PERCENTILE) -> int:

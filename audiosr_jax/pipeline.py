@@ -256,17 +256,18 @@ def super_resolve(weights: AudioSRWeights, path: str | os.PathLike, options: Sam
 
 def super_resolve_waveform(weights: AudioSRWeights, wave: np.ndarray, info: dict,
                            options: SamplingOptions = SamplingOptions(), seed: int = 42, noise: Noise | None = None,
-                           name: str = "<waveform>") -> tuple[np.ndarray, dict]:
+                           name: str = "<waveform>", filter_type: str = lowpass.FILTER_TYPE) -> tuple[np.ndarray, dict]:
     """wave: [C, N] float32 at 48 kHz, normalised and padded as `audio.prepare_waveform` returns it.
     Returns (waveform [C, n] float32 at 48 kHz, info with "cutoff_hz" added).
 
-    Every channel is processed (channels form the batch). The whole padded signal is one sequence, as in the
+    `filter_type`: the condition's low-pass family (the batch engine's default is the official tool's draw
+    for the seed, `lowpass.filter_type("official", seed)`). Every channel is processed (channels form the batch). The whole padded signal is one sequence, as in the
     reference (no windowing: `batch.run_batch`, which sample.py uses, windows audio longer than 10.24 s and
     equals this for shorter audio). The output keeps the input's duration (the reference's 5.12 s padding is
     cut off) and is normalised as the reference does (peak 0.5, zero mean). Raises AudioError for
     non-finite model output.
     """
-    prepared = [lowpass.prepare_lowpass(ch) for ch in wave]
+    prepared = [lowpass.prepare_lowpass(ch, ftype=filter_type) for ch in wave]
     lowpassed = np.stack([p[0] for p in prepared]).astype(np.float32)
     info = dict(info, cutoff_hz=[float(p[1]) for p in prepared])
     if noise is None:

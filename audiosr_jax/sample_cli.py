@@ -45,6 +45,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="ddim (default, the reference's); dpmpp_2m (best ≤ 15 steps), unipc (≥ 20 steps), "
                         "euler (= DDIM eta 0) or heun (2nd order, 2·steps−1 network calls)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="network compute dtype")
+    p.add_argument("--lowpass", default="official", choices=["official", "butter", "cheby1", "ellip", "bessel"],
+                   help="the condition's low-pass family: official (default) draws it from the seed as the "
+                        "official tool does (42 → ellip, 7 → bessel, 11 → cheby1), or name one")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--batch-size", type=int, default=1, help="windows per device per batch (default 1)")
     p.add_argument("--devices", type=int, default=0, help="use the first N local devices (default: all)")
@@ -116,7 +119,7 @@ def main(argv=None) -> int:
             raise UserError(f"--sampler/--steps with {args.checkpoint or args.model or 'basic'}: {e}") from None
         cfg = BatchConfig(options=options, seed=args.seed, batch_per_device=args.batch_size,
                           max_channels=args.max_channels, overwrite=args.overwrite,
-                          match_loudness=args.match_loudness)
+                          match_loudness=args.match_loudness, lowpass=args.lowpass)
         outcome = run_files(sr.weights, plan, cfg, mesh=sr.mesh, progress=not args.no_progress)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

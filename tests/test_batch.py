@@ -107,7 +107,8 @@ def test_batched_equals_one_file_path(tmp_path, weights):
     assert [r.status for r in results] == ["ok"] * 3
     for job in jobs:
         wave, info = audio.prepare_waveform(job.input)
-        want, _ = super_resolve_waveform(weights, wave, info, OPTIONS, seed=7)
+        want, _ = super_resolve_waveform(weights, wave, info, OPTIONS, seed=7,
+                                         filter_type=lowpass.filter_type("official", 7))
         got, _ = sf.read(job.output, always_2d=True, dtype="float32")
         np.testing.assert_allclose(got.T, want, atol=1e-5)  # 24-bit output, fp32 batch-size effects
 
@@ -139,7 +140,8 @@ def _windows_one_at_a_time(weights, path, seed, options):
     plan = windows.plan_windows(n, max_window=2 * audio.SEGMENT_SAMPLES)
     cover = plan.starts[-1] + plan.window
     ch = np.pad(wave[0], (0, max(0, cover - wave.shape[1])))[:cover]
-    lp = windows.cut_windows(lowpass.prepare_lowpass(ch)[0][None].astype(np.float32), plan)[0]  # [W, window]
+    ftype = lowpass.filter_type("official", seed)  # the engine's default: the official tool's draw
+    lp = windows.cut_windows(lowpass.prepare_lowpass(ch, ftype=ftype)[0][None].astype(np.float32), plan)[0]
     steps = num_sampler_steps(options, weights)
 
     def one(w, key_window):
@@ -215,3 +217,24 @@ def test_match_loudness_and_stale_partials(tmp_path, weights):
     want = pyloudnorm.Meter(16000).integrated_loudness(x[:, 0])
     got = pyloudnorm.Meter(sr).integrated_loudness(y)
     assert got == pytest.approx(want, abs=0.5)
+
+
+def test_official_lowpass_family_follows_the_seed(tmp_path, weights):
+    """The official tool draws the condition's filter family from numpy right after seeding: 42 → elliptic,
+    7 → Bessel, 11 → Chebyshev I. "official" (the default) equals naming that family, and differs from another."""
+    assert [lowpass.filter_type("official", s) for s in (42, 7, 11)] == ["ellip", "bessel", "cheby1"]
+    p = tmp_path / "x.wav"
+    sf.write(p, _signal(16000, 0.6, cutoff=4000), 16000)
+    mesh = Mesh(np.asarray(jax.devices()[:1]), ("data",))
+
+    def out(seed, family):
+        jobs = assign_outputs(expand_inputs([str(p)]), str(tmp_path / f"o-{seed}-{family}.wav"))
+        [r] = run_batch(weights, jobs, BatchConfig(options=OPTIONS, seed=seed, lowpass=family), mesh=mesh,
+                        progress=False)
+        assert r.status == "ok", r.reason
+        return sf.read(jobs[0].output)[0]
+
+    for seed, family, other in [(7, "bessel", "ellip"), (11, "cheby1", "butter")]:
+        official = out(seed, "official")
+        np.testing.assert_array_equal(official, out(seed, family))
+        assert np.max(np.abs(official - out(seed, other))) > 1e-4

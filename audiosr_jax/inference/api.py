@@ -72,17 +72,22 @@ class AudioSR:
             raise UserError(f"sampler={sampler} steps={steps}: {e}") from None
         return SamplingOptions(steps, guidance, eta, sampler, dtype)
 
-    def _config(self, seed: int, batch_size: int, max_channels: int, match_loudness: bool, **sampling):
+    def _config(self, seed: int, batch_size: int, max_channels: int, match_loudness: bool,
+                lowpass: str = "official", **sampling):
         from audiosr_jax.batch import BatchConfig
 
+        if not 0 <= seed < 2**32:
+            raise UserError(f"seed must be in [0, 2**32 - 1], got {seed}")
         return BatchConfig(options=self.options(**sampling), seed=seed, batch_per_device=batch_size,
-                           max_channels=max_channels, match_loudness=match_loudness)
+                           max_channels=max_channels, match_loudness=match_loudness, lowpass=lowpass)
 
     def __call__(self, audio: np.ndarray, sample_rate: int, *, seed: int = 42, batch_size: int = 1,
                  max_channels: int = 2, match_loudness: bool = False, **sampling) -> np.ndarray:
         """Super-resolve one signal. audio: float or PCM-integer numpy [N] (mono) or [C, N], any length, at
         `sample_rate` Hz. Returns float32 at 48 kHz, [N'] or [C, N'] like the input, N' = round(N·48000/rate).
-        sampling: steps (50), guidance (3.5), eta (1.0), sampler ("ddim"), dtype ("float32").
+        sampling: steps (50), guidance (3.5), eta (1.0), sampler ("ddim"), dtype ("float32"), lowpass
+        ("official": the condition's filter family as the official tool draws it for `seed`; or "butter",
+        "cheby1", "ellip", "bessel").
         Raises AudioError (one line) for unusable audio."""
         return self.batch([audio], sample_rate, seed=seed, batch_size=batch_size, max_channels=max_channels,
                           match_loudness=match_loudness, **sampling)[0]
