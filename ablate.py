@@ -1,12 +1,12 @@
-"""Run an ablation grid: python ablate.py --grid=configs/ablations/<name>.py [--workdir=DIR] [--cell=NAME]
-[--report_only] [--grid.eval.clips=4 ...]. See audiosr_jax/ablation.py."""
+"""Run an ablation grid: python ablate.py --grid=audiosr_jax/configs/ablations/<name>.py [--workdir=DIR] [--cell=NAME]
+[--report_only] [--grid.eval.clips=4 ...]. See audiosr_jax/lab/ablation.py."""
 
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-_GRID = config_flags.DEFINE_config_file("grid", None, "ablation grid config (configs/ablations/*.py)")
+_GRID = config_flags.DEFINE_config_file("grid", None, "ablation grid config (audiosr_jax/configs/ablations/*.py)")
 _WORKDIR = flags.DEFINE_string("workdir", None, "output folder (default out/ablations/<grid name>)")
 _CELL = flags.DEFINE_string("cell", None, "run only this cell (its name or folder name), then update the report")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "only gather finished cells into the report")
@@ -19,7 +19,7 @@ def _main(argv):
 
     logging.getLogger("absl").setLevel(logging.ERROR)
 
-    from audiosr_jax import ablation
+    from audiosr_jax.lab import ablation
     from audiosr_jax.runtime import enable_compilation_cache
 
     grid = _GRID.value

@@ -4,7 +4,7 @@
     sr = AudioSR.from_pretrained("basic")
     y = sr(x, 16000)  # → 48 kHz
 
-This module imports nothing heavy on purpose (`AudioSR` is loaded on first use): `audiosr_jax.synthetic`
+This module imports nothing heavy on purpose (`AudioSR` is loaded on first use): `audiosr_jax.lab.synthetic`
 must also import inside the PyTorch reference environment (numpy only) to generate parity weights.
 """
 

@@ -8,7 +8,7 @@ Order of operations, as in the reference ``read_wav_file`` / ``read_audio_file``
 4. zero-pad at the end to the next multiple of 5.12 s (245 760 samples),
 5. log-mel / STFT of the padded waveform (``mel_spectrogram_train`` + ``pad_spec``).
 
-The low-pass conditioning (``audiosr_jax.lowpass``) then runs on the normalised, *padded* waveform.
+The low-pass conditioning (``audiosr_jax.inference.lowpass``) then runs on the normalised, *padded* waveform.
 
 Deliberate differences from the reference:
 

@@ -57,7 +57,7 @@ import numpy as np
 from scipy import signal
 
 from audiosr_jax import audio
-from audiosr_jax.lowpass import _design, lowpass_filter
+from audiosr_jax.inference.lowpass import _design, lowpass_filter
 
 FAMILIES = ("butter", "cheby1", "cheby2", "ellip", "bessel")
 CUTOFF_DISTRIBUTIONS = ("uniform", "log")

@@ -9,7 +9,7 @@ Measure the model on your own full-band (48 kHz) recordings, in two steps:
 
 1. ``python -m audiosr_jax.evaluate --simulate 4000,8000,12000 --references REFS --inputs SIM``
    low-passes every reference at each cutoff with the reference pipeline's filter chain (order-8 elliptic by
-   default; ``--filter``, ``--order``; ``audiosr_jax.lowpass.lowpass_filter``: sosfiltfilt, polyphase
+   default; ``--filter``, ``--order``; ``audiosr_jax.inference.lowpass.lowpass_filter``: sosfiltfilt, polyphase
    down/up to twice the cutoff, sosfiltfilt) and writes 48 kHz float WAVs ``SIM/lp<cutoff Hz>/<relative
    path>.wav`` plus ``SIM/manifest.json`` (each input's reference, cutoff, filter and measured cutoff).
 2. Run the model on ``SIM`` into ``OUT`` keeping the relative paths (``OUT/lp4000/a/b.wav``; the batch
@@ -154,7 +154,7 @@ def measure_cutoff_hz(x: np.ndarray) -> float | None:
     """
     from numpy.lib.stride_tricks import sliding_window_view
 
-    from audiosr_jax.lowpass import detect_cutoff_hz
+    from audiosr_jax.inference.lowpass import detect_cutoff_hz
 
     n_fft, hop, pad = 2048, 480, (2048 - 480) // 2
     win = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)
@@ -658,7 +658,7 @@ def simulate(
     Raises: UserError: missing references folder, bad filter / order, an existing manifest without
       ``overwrite``, out_dir inside references (the inputs would be taken for references).
     """
-    from audiosr_jax.lowpass import lowpass_filter
+    from audiosr_jax.inference.lowpass import lowpass_filter
 
     if not os.path.isdir(references):
         raise UserError(f"{references}: --references folder does not exist")
@@ -713,7 +713,7 @@ def simulate(
     manifest = {
         "format": MANIFEST_FORMAT, "version": 1, "sample_rate": EVAL_SR, "references": ref_abs,
         "filter": ftype, "order": order, "cutoffs_hz": list(cutoffs_hz), "items": items,
-        "chain": "audiosr_jax.lowpass.lowpass_filter: sosfiltfilt -> resample_poly down to 2*cutoff and up "
+        "chain": "audiosr_jax.inference.lowpass.lowpass_filter: sosfiltfilt -> resample_poly down to 2*cutoff and up "
                  "-> sosfiltfilt (the reference audiosr/lowpass.py lowpass)",
     }
 

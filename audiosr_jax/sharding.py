@@ -16,7 +16,7 @@ dimension, mapped to mesh axes by the config's rules (big_vision / MaxText style
   k + 2      Conv kernel ``[*spatial, in, out]``  ``(None,)*k + ("conv_in", "conv_out")``
   =========  =================================  ==========================
 
-The default rules (``configs/common.py``) put ``batch`` on ``("data", "fsdp")``, ``embed``/``conv_in``
+The default rules (``audiosr_jax/configs/common.py``) put ``batch`` on ``("data", "fsdp")``, ``embed``/``conv_in``
 on ``fsdp`` (ZeRO-3-style parameter sharding: XLA all-gathers a layer's weights where it is used and
 reduce-scatters its gradient) and ``mlp``/``conv_out`` on ``tensor``. A dimension that the mesh axis does
 not divide stays replicated (small layers, odd channel counts), so the same config runs on 1 CPU, 8 fake

@@ -38,12 +38,12 @@ def main() -> int:
     import soundfile as sf
     from jax.sharding import Mesh
 
-    from audiosr_jax.batch import BatchConfig, run_batch
+    from audiosr_jax.inference.batch import BatchConfig, run_batch
     from audiosr_jax.convert.core import convert_state_dict
-    from audiosr_jax.inputs import assign_outputs, expand_inputs
-    from audiosr_jax.pipeline import SamplingOptions
-    from audiosr_jax.synthetic import parity_clip
-    from audiosr_jax.testing import synthetic_torch_checkpoint
+    from audiosr_jax.inference.inputs import assign_outputs, expand_inputs
+    from audiosr_jax.inference.pipeline import SamplingOptions
+    from audiosr_jax.lab.synthetic import parity_clip
+    from audiosr_jax.lab.testing import synthetic_torch_checkpoint
 
     weights, _ = convert_state_dict(synthetic_torch_checkpoint(args.width), origin=args.width)
     options = SamplingOptions(args.steps, 3.5, 1.0, args.sampler, args.dtype)

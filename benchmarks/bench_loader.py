@@ -28,7 +28,6 @@ training step consumes) per wall second.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import subprocess

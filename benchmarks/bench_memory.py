@@ -29,7 +29,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 # The child: sample.py's main, then its own peak RSS on the last line of stdout.
-_PROBE = ("import sys; from audiosr_jax.sample_cli import main; from audiosr_jax.memory import peak_rss_bytes; "
+_PROBE = ("import sys; from audiosr_jax.cli.sample import main; from audiosr_jax.memory import peak_rss_bytes; "
           "code = main(sys.argv[1:]); print('PEAK_RSS_BYTES', peak_rss_bytes(), flush=True); sys.exit(code)")
 
 
@@ -68,7 +68,7 @@ def main() -> int:
 
     import soundfile as sf
 
-    from audiosr_jax.synthetic import parity_clip
+    from audiosr_jax.lab.synthetic import parity_clip
 
     os.makedirs(args.workdir, exist_ok=True)
     checkpoint = args.checkpoint
@@ -76,7 +76,7 @@ def main() -> int:
         checkpoint = os.path.join(args.workdir, f"ckpt_{args.width}")
         if not os.path.isdir(checkpoint):
             from audiosr_jax.convert import convert_file
-            from audiosr_jax.testing import write_synthetic_checkpoint
+            from audiosr_jax.lab.testing import write_synthetic_checkpoint
 
             print(f"[bench] converting synthetic {args.width} weights into {checkpoint}", file=sys.stderr)
             with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:

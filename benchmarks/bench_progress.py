@@ -30,12 +30,12 @@ def main() -> int:
     import numpy as np
 
     from audiosr_jax import audio
-    from audiosr_jax.checkpoint import load_weights
+    from audiosr_jax.inference.checkpoint import load_weights
     from audiosr_jax.convert import convert_file
     from audiosr_jax.inference import progress
-    from audiosr_jax.pipeline import (SamplingOptions, draw_noise, item_keys, latent_shape, num_sampler_steps,
+    from audiosr_jax.inference.pipeline import (SamplingOptions, draw_noise, item_keys, latent_shape, num_sampler_steps,
                                       super_resolve_windows)
-    from audiosr_jax.testing import write_synthetic_checkpoint
+    from audiosr_jax.lab.testing import write_synthetic_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         src = write_synthetic_checkpoint(os.path.join(tmp, "m.safetensors"), args.width)

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from audiosr_jax import experiments as ex  # noqa: E402
+from audiosr_jax.lab import experiments as ex  # noqa: E402
 from audiosr_jax.audio import atomic_write  # noqa: E402
 
 DEFAULT_SETTINGS = ("ddim:50,ddim:50:bfloat16,ddim:25,ddim:10,dpmpp_2m:10,dpmpp_2m:20,unipc:10,unipc:20,"

@@ -62,14 +62,15 @@ def run_ours(width: str, steps: int) -> dict:
     import numpy as np
     import soundfile as sf
 
-    from audiosr_jax import audio, lowpass
+    from audiosr_jax import audio
+    from audiosr_jax.inference import lowpass
     from audiosr_jax.convert.core import convert_state_dict
     from audiosr_jax.models.unet import UNetModel
     from audiosr_jax.models.vae import AutoencoderKL
     from audiosr_jax.models.vocoder import HiFiGAN
-    from audiosr_jax.pipeline import SamplingOptions, draw_noise, item_keys, latent_shape, num_sampler_steps, super_resolve_waveform
-    from audiosr_jax.synthetic import parity_clip
-    from audiosr_jax.testing import synthetic_torch_checkpoint
+    from audiosr_jax.inference.pipeline import SamplingOptions, draw_noise, item_keys, latent_shape, num_sampler_steps, super_resolve_waveform
+    from audiosr_jax.lab.synthetic import parity_clip
+    from audiosr_jax.lab.testing import synthetic_torch_checkpoint
 
     res: dict = {"import_s": time.perf_counter() - t_import, "jax_devices": str(jax.devices())}
     t0 = time.perf_counter()

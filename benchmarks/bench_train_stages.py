@@ -5,7 +5,7 @@
   python benchmarks/bench_train_stages.py --widths tiny --json /tmp/stages.json
 
 For each (stage, width) the stage, its optimizers, initial state and shardings come from
-``loop.prepare_step`` on its config preset (``configs/<stage>.py:<width>``), as ``loop.train`` makes them (on a
+``loop.prepare_step`` on its config preset (``audiosr_jax/configs/<stage>.py:<width>``), as ``loop.train`` makes them (on a
 1-device mesh), and the step from ``loop.jit_train_step`` (explicit in/out shardings, the state donated). The batch comes from the real loader
 (``training.data``'s loader settings: random crop, host low-pass for the LDM) over an in-memory corpus of
 random audio. The LDM's frozen VAE is a randomly initialised VAE of the preset's architecture written to a

@@ -28,7 +28,7 @@ def _use_bf16_for(which: str) -> None:
     import jax
     import jax.numpy as jnp
 
-    from audiosr_jax import pipeline
+    from audiosr_jax.inference import pipeline
     from audiosr_jax.models.unet import UNetModel
     from audiosr_jax.models.vae import AutoencoderKL
     from audiosr_jax.models.vocoder import HiFiGAN
@@ -69,7 +69,7 @@ def main() -> int:
 
     import numpy as np
 
-    from audiosr_jax import experiments as ex
+    from audiosr_jax.lab import experiments as ex
 
     work = Path(args.workdir)
     print("| bf16 network | LSD | LSD-HF | noise floor (5th pct, dB) | SNR vs all-fp32 (dB) |")

@@ -40,7 +40,7 @@ from scipy import signal
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from audiosr_jax import windows  # noqa: E402
+from audiosr_jax.inference import windows  # noqa: E402
 
 SR = 48000
 S = windows.SEGMENT

@@ -20,7 +20,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_torch_checkpoint(tmp_path_factory):
     """A released-layout .safetensors file with tiny synthetic networks."""
-    from audiosr_jax.testing import write_synthetic_checkpoint
+    from audiosr_jax.lab.testing import write_synthetic_checkpoint
 
     return write_synthetic_checkpoint(tmp_path_factory.mktemp("torch") / "tiny.safetensors", "tiny")
 

@@ -12,7 +12,7 @@ import soundfile as sf
 
 from audiosr_jax import AudioSR
 from audiosr_jax.errors import AudioError
-from audiosr_jax.sample_cli import main as sample_main, parse_args
+from audiosr_jax.cli.sample import main as sample_main, parse_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 1

@@ -10,13 +10,14 @@ import pytest
 import soundfile as sf
 from jax.sharding import Mesh
 
-from audiosr_jax import audio, lowpass, postprocess, windows
-from audiosr_jax.batch import BatchConfig, run_batch
-from audiosr_jax.checkpoint import load_weights
-from audiosr_jax.inputs import assign_outputs, expand_inputs
-from audiosr_jax.pipeline import (SamplingOptions, draw_noise, item_keys, latent_shape, num_sampler_steps,
+from audiosr_jax import audio
+from audiosr_jax.inference import lowpass, postprocess, windows
+from audiosr_jax.inference.batch import BatchConfig, run_batch
+from audiosr_jax.inference.checkpoint import load_weights
+from audiosr_jax.inference.inputs import assign_outputs, expand_inputs
+from audiosr_jax.inference.pipeline import (SamplingOptions, draw_noise, item_keys, latent_shape, num_sampler_steps,
                                   super_resolve_waveform, super_resolve_windows)
-from audiosr_jax.sample_cli import main as sample_main
+from audiosr_jax.cli.sample import main as sample_main
 
 OPTIONS = SamplingOptions(steps=2)
 SEAM_RATIO_MAX = 1.2  # spectral flux at seams / elsewhere: 0.98 measured here; a hard splice gives > 3

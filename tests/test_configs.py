@@ -1,4 +1,4 @@
-"""configs/*.py load, round-trip to the model dataclasses, and the full preset is the released size."""
+"""audiosr_jax/configs/*.py load, round-trip to the model dataclasses, and the full preset is the released size."""
 
 import importlib.util
 import os
@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from audiosr_jax.checkpoint import abstract_params
+from audiosr_jax.inference.checkpoint import abstract_params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from audiosr_jax.checkpoint import load_weights, save_weights
+from audiosr_jax.inference.checkpoint import load_weights, save_weights
 from audiosr_jax.convert import convert_file, convert_state_dict
 from audiosr_jax.convert.core import COND_VAE, UNET, VAE
 from audiosr_jax.errors import CheckpointError
 from audiosr_jax.models.unet import UNetConfig
 from audiosr_jax.models.vae import VAEConfig
 from audiosr_jax.models.vocoder import VocoderConfig
-from audiosr_jax.testing import WIDTHS, synthetic_torch_checkpoint, torch_shapes, write_synthetic_checkpoint
+from audiosr_jax.lab.testing import WIDTHS, synthetic_torch_checkpoint, torch_shapes, write_synthetic_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -14,7 +14,7 @@ from audiosr_jax.convert.core import UNET
 from audiosr_jax.convert.rules import ConversionError
 from audiosr_jax.convert.torch_files import open_state_dict, stored_dtype
 from audiosr_jax.diffusion.schedules import make_alphas_cumprod
-from audiosr_jax.testing import synthetic_torch_checkpoint
+from audiosr_jax.lab.testing import synthetic_torch_checkpoint
 
 BF16_KEY = UNET + "time_embed.0.weight"  # the one tensor stored in bf16 in the mixed checkpoint
 

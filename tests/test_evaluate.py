@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 
 from audiosr_jax import evaluate as E
-from audiosr_jax.lowpass import lowpass_filter
+from audiosr_jax.inference.lowpass import lowpass_filter
 
 SR = 48000
 
@@ -39,7 +39,7 @@ def _run(args, capsys):
 
 def test_measure_cutoff_matches_pipeline_detector():
     from audiosr_jax.audio import stft_magnitude
-    from audiosr_jax.lowpass import detect_cutoff_hz
+    from audiosr_jax.inference.lowpass import detect_cutoff_hz
 
     x = lowpass_filter(_noise(2 * SR, 4), 7000, SR).astype(np.float32)
     pipeline = detect_cutoff_hz(np.asarray(stft_magnitude(x[None]))[0, :, :1024])

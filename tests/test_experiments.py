@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audiosr_jax import ablation, demo
-from audiosr_jax import experiments as ex
+from audiosr_jax.lab import ablation, demo
+from audiosr_jax.lab import experiments as ex
 
 ROOT = Path(__file__).resolve().parents[1]
 SLICE = ROOT / "tests" / "fixtures" / "corpus_slice"
@@ -76,7 +76,7 @@ def test_demo_overrides_are_valid_config_keys_and_scale_steps(tmp_path):
         assert o["train.total_steps"] == max(1, round(demo.STAGE_OVERRIDES[stage]["train.total_steps"] * 0.5))
         cfg = ex.stage_config(stage, o)  # raises on a key the preset does not have
         assert cfg.train.total_steps == o["train.total_steps"] and cfg.data.dataset_dir == str(ds)
-        assert f"--config=configs/{stage}.py:tiny" in ex.command_line(stage, tmp_path / stage, o)
+        assert f"--config=audiosr_jax/configs/{stage}.py:tiny" in ex.command_line(stage, tmp_path / stage, o)
     assert ex.stage_config("ldm", demo.stage_overrides("ldm", tmp_path, ds)).ldm.vae_from == str(tmp_path / "vae")
 
 
@@ -89,7 +89,7 @@ def test_latest_step_reads_committed_steps_only(tmp_path):
 
 @pytest.fixture()
 def grid():
-    from configs.ablations.schedule_x_param import get_config
+    from audiosr_jax.configs.ablations.schedule_x_param import get_config
 
     return get_config()
 

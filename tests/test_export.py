@@ -9,10 +9,10 @@ import numpy as np
 import optax
 import pytest
 
-from audiosr_jax.checkpoint import load_weights
+from audiosr_jax.inference.checkpoint import load_weights
 from audiosr_jax.diffusion.config import DiffusionConfig
 from audiosr_jax.errors import CheckpointError
-from audiosr_jax.pipeline import SamplingOptions, draw_noise, generate, item_keys, latent_shape, num_sampler_steps
+from audiosr_jax.inference.pipeline import SamplingOptions, draw_noise, generate, item_keys, latent_shape, num_sampler_steps
 from audiosr_jax.training import state as st
 from audiosr_jax.training.checkpoints import Checkpointer
 from audiosr_jax.training.export import _open_source, _scale_factor, export_weights, main

@@ -11,12 +11,13 @@ import pytest
 import soundfile as sf
 from jax.sharding import Mesh
 
-from audiosr_jax import memory, pipeline
-from audiosr_jax.batch import BatchConfig, run_batch
-from audiosr_jax.checkpoint import PARTS, AudioSRWeights, load_weights, save_weights
+from audiosr_jax import memory
+from audiosr_jax.inference import pipeline
+from audiosr_jax.inference.batch import BatchConfig, run_batch
+from audiosr_jax.inference.checkpoint import PARTS, AudioSRWeights, load_weights, save_weights
 from audiosr_jax.errors import CheckpointError
-from audiosr_jax.inputs import assign_outputs, expand_inputs
-from audiosr_jax.sample_cli import main as sample_main
+from audiosr_jax.inference.inputs import assign_outputs, expand_inputs
+from audiosr_jax.cli.sample import main as sample_main
 
 OPTIONS = pipeline.SamplingOptions(steps=2)
 

@@ -1,4 +1,4 @@
-"""Inference low-pass preparation (audiosr_jax.lowpass) against the reference formulas."""
+"""Inference low-pass preparation (audiosr_jax.inference.lowpass) against the reference formulas."""
 
 import logging
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from audiosr_jax import audio, lowpass as lp
+from audiosr_jax import audio
+from audiosr_jax.inference import lowpass as lp
 
 N = audio.SEGMENT_SAMPLES
 
@@ -124,7 +125,7 @@ def test_prepare_lowpass_below_1khz_clamps_and_warns(caplog):
     x = audio.normalize_wav(np.sin(2 * np.pi * 200 * t)).astype(np.float32)
     _, stft = audio.log_mel_spectrogram(x[None])
     assert lp.detect_cutoff_hz(np.asarray(stft)[0]) < 1000  # the reference would crash here
-    with caplog.at_level(logging.WARNING, logger="audiosr_jax.lowpass"):
+    with caplog.at_level(logging.WARNING, logger="audiosr_jax.inference.lowpass"):
         y, cutoff = lp.prepare_lowpass(x, np.asarray(stft)[0])
     assert cutoff == lp.MIN_CUTOFF_HZ == 1000.0
     assert any("below 1000 Hz" in r.getMessage() for r in caplog.records)
@@ -157,7 +158,7 @@ def test_reference_filter_type_follows_the_seed():
 def test_cached_resample_poly_is_bit_identical(up, down, dtype):
     from scipy import signal as sps
 
-    from audiosr_jax import lowpass as L
+    from audiosr_jax.inference import lowpass as L
 
     x = np.random.default_rng(up + down).standard_normal((2, 4801)).astype(dtype)
     for _ in range(2):  # design, then the cached filter
@@ -170,7 +171,7 @@ def test_cached_resample_poly_is_bit_identical(up, down, dtype):
 
 
 def test_resample_filter_is_shared_by_both_directions():
-    from audiosr_jax import lowpass as L
+    from audiosr_jax.inference import lowpass as L
 
     L._resample_fir.cache_clear()
     x = np.random.default_rng(0).standard_normal(48000)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from audiosr_jax import metrics as M
-from audiosr_jax.lowpass import lowpass_filter
+from audiosr_jax.inference.lowpass import lowpass_filter
 
 SR = 48000
 GAIN_6DB = 10 ** (6 / 20)

@@ -1,10 +1,10 @@
 """Numerical parity with the official PyTorch AudioSR 0.0.7 at reduced width (fixtures in tests/fixtures).
 
 The fixtures were produced by tools/reference/make_fixtures.py inside the reference's own venv, with weights
-from `audiosr_jax.synthetic` (regenerated here from the committed key/shape list and checked by fingerprint)
+from `audiosr_jax.lab.synthetic` (regenerated here from the committed key/shape list and checked by fingerprint)
 and converted by our converter. The conditioning VAE's encoder has weights of its own (seed 1), so the
 fixtures tell it apart from the first-stage encoder. Tolerances: the issue's targets are log-mel 1e-4 abs
-(where the mel is ≥ 30 dB above its floor; see audiosr_jax.parity.LOUD_LOG_MEL), modules 1e-4 relative in
+(where the mel is ≥ 30 dB above its floor; see audiosr_jax.lab.parity.LOUD_LOG_MEL), modules 1e-4 relative in
 fp32 and a 2-step DDIM run with the reference's noise ≥ 60 dB SNR on the final waveform. Every relative
 error is *guarded* far tighter, at about 3x the value measured when the fixtures were made (2e-6..4e-6, see
 tests/fixtures/README.md), and never above 1e-5, so that a 1e-5 relative error in any one compared output
@@ -18,9 +18,9 @@ import jax
 import numpy as np
 import pytest
 
-from audiosr_jax import parity
+from audiosr_jax.lab import parity
 from audiosr_jax.convert.core import COND_VAE, VAE
-from audiosr_jax.testing import WIDTHS, torch_shapes
+from audiosr_jax.lab.testing import WIDTHS, torch_shapes
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 

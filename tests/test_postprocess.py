@@ -1,10 +1,11 @@
-"""Post-processing (audiosr_jax.postprocess) against numpy/librosa transcriptions of the reference."""
+"""Post-processing (audiosr_jax.inference.postprocess) against numpy/librosa transcriptions of the reference."""
 
 import librosa
 import numpy as np
 import pytest
 
-from audiosr_jax import audio, lowpass as lp, postprocess as pp
+from audiosr_jax import audio
+from audiosr_jax.inference import lowpass as lp, postprocess as pp
 
 N = audio.SEGMENT_SAMPLES
 M = N + 16  # vocoder output length for N input samples
@@ -124,7 +125,7 @@ def test_normalize_output():
 
 
 def test_explicit_ratio_from_low_band_energy_matches_the_per_item_ratio():
-    from audiosr_jax.postprocess import energy_ratio, low_band_energy, replace_low_stft
+    from audiosr_jax.inference.postprocess import energy_ratio, low_band_energy, replace_low_stft
 
     rng = np.random.default_rng(5)
     x = rng.standard_normal((2, 245760)).astype(np.float32)

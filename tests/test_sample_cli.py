@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audiosr_jax import sample_cli as sample
+from audiosr_jax.cli import sample as sample
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

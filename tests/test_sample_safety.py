@@ -12,11 +12,11 @@ import soundfile as sf
 from jax.sharding import Mesh
 
 from audiosr_jax import audio
-from audiosr_jax.batch import BatchConfig, run_batch
-from audiosr_jax.checkpoint import load_weights
-from audiosr_jax.inputs import assign_outputs, expand_inputs
-from audiosr_jax.pipeline import SamplingOptions
-from audiosr_jax.sample_cli import main as sample_main
+from audiosr_jax.inference.batch import BatchConfig, run_batch
+from audiosr_jax.inference.checkpoint import load_weights
+from audiosr_jax.inference.inputs import assign_outputs, expand_inputs
+from audiosr_jax.inference.pipeline import SamplingOptions
+from audiosr_jax.cli.sample import main as sample_main
 
 
 def _tone(sr=16000, seconds=1.0, seed=0):

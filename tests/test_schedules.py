@@ -237,7 +237,7 @@ def test_diffusion_config_rejects_invalid(bad):
 
 @pytest.fixture(scope="module")
 def tiny(tiny_checkpoint_dir):
-    from audiosr_jax.checkpoint import load_weights
+    from audiosr_jax.inference.checkpoint import load_weights
 
     return load_weights(tiny_checkpoint_dir)
 
@@ -246,7 +246,7 @@ def test_architecture_json_round_trip_of_diffusion_settings(tiny, tmp_path):
     import dataclasses
     import json
 
-    from audiosr_jax.checkpoint import load_weights, save_weights
+    from audiosr_jax.inference.checkpoint import load_weights, save_weights
     from audiosr_jax.errors import CheckpointError
 
     assert tiny.diffusion == DiffusionConfig()  # the converter keeps the released model's settings
@@ -274,7 +274,7 @@ def test_generate_follows_the_weights_diffusion_settings(tiny, setting, sampler)
 
     import jax
 
-    from audiosr_jax.pipeline import SamplingOptions, draw_noise, generate, item_keys, latent_shape, num_sampler_steps
+    from audiosr_jax.inference.pipeline import SamplingOptions, draw_noise, generate, item_keys, latent_shape, num_sampler_steps
 
     w = dataclasses.replace(tiny, diffusion=setting)
     opts, frames = SamplingOptions(steps=3, sampler=sampler), 32
@@ -290,7 +290,7 @@ def test_num_sampler_steps_follows_the_schedule_and_undefined_runs_fail_early(ti
 
     import jax
 
-    from audiosr_jax.pipeline import SamplingOptions, draw_noise, generate, item_keys, latent_shape, num_sampler_steps
+    from audiosr_jax.inference.pipeline import SamplingOptions, draw_noise, generate, item_keys, latent_shape, num_sampler_steps
 
     w600 = dataclasses.replace(tiny, diffusion=DiffusionConfig("cosine", {}, 600, "eps"))
     ddim6 = SamplingOptions(steps=6)

@@ -15,7 +15,7 @@ from audiosr_jax.training import state as st
 from audiosr_jax.training.ldm import LDMStage
 from audiosr_jax.training.loop import make_optimizers, state_specs
 from audiosr_jax.training.stages import architectures
-from configs import ldm as ldm_config
+from audiosr_jax.configs import ldm as ldm_config
 
 
 def _config(mesh):

@@ -19,8 +19,8 @@ from audiosr_jax.training import state as st
 from audiosr_jax.training.discriminators import count_params
 from audiosr_jax.training.loop import make_optimizers
 from audiosr_jax.training.stages import build_stage
-from configs import vae as vae_config
-from configs import vocoder as vocoder_config
+from audiosr_jax.configs import vae as vae_config
+from audiosr_jax.configs import vocoder as vocoder_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SLICE = ROOT / "tests" / "fixtures" / "corpus_slice"
@@ -255,7 +255,7 @@ def test_ldm_step_with_stft_domain_lowpass():
     from audiosr_jax.models.vae import AutoencoderKL
     from audiosr_jax.training.ldm import LDMStage, pair_log_mels
     from audiosr_jax.training.stages import architectures
-    from configs import ldm as ldm_config
+    from audiosr_jax.configs import ldm as ldm_config
 
     c = ldm_config.get_config("tiny")
     c.mesh = (("data", 1), ("fsdp", 1), ("tensor", 1))

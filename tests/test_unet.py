@@ -11,7 +11,7 @@ import pytest
 from audiosr_jax.convert import unet as cu
 from audiosr_jax.convert.rules import ConversionError, TensorSource, expected_keys, to_flax, to_torch
 from audiosr_jax.models.unet import UNetConfig, UNetModel, timestep_embedding
-from audiosr_jax.synthetic import synthetic_state_dict
+from audiosr_jax.lab.synthetic import synthetic_state_dict
 
 
 def _count(tree) -> int:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from audiosr_jax.convert import vocoder as conv
 from audiosr_jax.convert.rules import ConversionError, Rule, TensorSource, to_flax, to_torch
 from audiosr_jax.models.vocoder import HiFiGAN, VocoderConfig, upsample_conv
-from audiosr_jax.synthetic import synthetic_state_dict
+from audiosr_jax.lab.synthetic import synthetic_state_dict
 
 FULL = VocoderConfig()
 
@@ -54,7 +54,7 @@ def _shape_source(cfg, drop=(), replace=None) -> TensorSource:
 
 
 def _synthetic(cfg: VocoderConfig, seed: int = 0) -> tuple[dict, dict]:
-    """(torch state dict with the `PREFIX`, converted Flax params) from `audiosr_jax.synthetic` weights.
+    """(torch state dict with the `PREFIX`, converted Flax params) from `audiosr_jax.lab.synthetic` weights.
     (Cheaper than `HiFiGAN.init`, which compiles a random initialiser per distinct param shape.)"""
     sd = synthetic_state_dict({conv.PREFIX + k: v for k, v in _torch_shapes(cfg).items()}, seed=seed)
     got_cfg, params = conv.convert(TensorSource(sd, origin="synthetic").sub(conv.PREFIX))

@@ -1,11 +1,12 @@
-"""Long-audio windowing (audiosr_jax.windows): plans, cut / overlap-add, seam measurement."""
+"""Long-audio windowing (audiosr_jax.inference.windows): plans, cut / overlap-add, seam measurement."""
 
 import numpy as np
 import pytest
 from scipy import signal
 
-from audiosr_jax import audio, windows
-from audiosr_jax.windows import SEGMENT, WindowPlan, bucket_length, cut_windows, overlap_add, plan_windows
+from audiosr_jax import audio
+from audiosr_jax.inference import windows
+from audiosr_jax.inference.windows import SEGMENT, WindowPlan, bucket_length, cut_windows, overlap_add, plan_windows
 
 S = SEGMENT
 OV = windows.DEFAULT_OVERLAP

@@ -10,7 +10,7 @@ import json
 import sys
 import time
 
-from audiosr_jax import parity
+from audiosr_jax.lab import parity
 
 
 def main() -> int:

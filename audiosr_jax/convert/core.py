@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from audiosr_jax.checkpoint import AudioSRWeights, abstract_params
+from audiosr_jax.inference.checkpoint import AudioSRWeights, abstract_params
 from audiosr_jax.convert import unet as unet_conv
 from audiosr_jax.convert import vae as vae_conv
 from audiosr_jax.convert import vocoder as vocoder_conv
@@ -151,7 +151,7 @@ def convert_state_dict(tensors: Mapping, origin: str = "checkpoint") -> tuple[Au
 def convert_file(src: str | os.PathLike, dst: str | os.PathLike | None = None,
                  overwrite: bool = False) -> tuple[AudioSRWeights, ConversionReport]:
     """Convert a .bin/.pth/.ckpt/.safetensors file; if `dst` is given, save the checkpoint directory there."""
-    from audiosr_jax.checkpoint import check_output_dir, save_weights
+    from audiosr_jax.inference.checkpoint import check_output_dir, save_weights
 
     src = os.fspath(src)
     if dst is not None:  # before the (slow) conversion; only a checkpoint of ours (never the input) is replaced

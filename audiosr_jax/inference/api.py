@@ -46,7 +46,7 @@ class AudioSR:
         from jax.sharding import NamedSharding, PartitionSpec as P
 
         from audiosr_jax import memory, runtime
-        from audiosr_jax.checkpoint import load_weights
+        from audiosr_jax.inference.checkpoint import load_weights
         from audiosr_jax.inference.pretrained import resolve_checkpoint
 
         runtime.enable_compilation_cache()
@@ -60,7 +60,7 @@ class AudioSR:
                 dtype: str = "float32"):
         """`pipeline.SamplingOptions`, checked against this model's schedule (one-line UserError)."""
         from audiosr_jax.diffusion import sampling
-        from audiosr_jax.pipeline import SamplingOptions
+        from audiosr_jax.inference.pipeline import SamplingOptions
 
         d = self.weights.diffusion
         if not 1 <= steps <= d.num_timesteps:
@@ -74,7 +74,7 @@ class AudioSR:
 
     def _config(self, seed: int, batch_size: int, max_channels: int, match_loudness: bool,
                 lowpass: str = "official", **sampling):
-        from audiosr_jax.batch import BatchConfig
+        from audiosr_jax.inference.batch import BatchConfig
 
         if not 0 <= seed < 2**32:
             raise UserError(f"seed must be in [0, 2**32 - 1], got {seed}")
@@ -98,7 +98,7 @@ class AudioSR:
         """Super-resolve many signals together (windows batched over every device). sample_rate: one rate
         for all, or one per signal. Returns one 48 kHz array per input, shaped like it ([N'] or [C, N'])."""
         from audiosr_jax import audio
-        from audiosr_jax.batch import run_arrays
+        from audiosr_jax.inference.batch import run_arrays
 
         rates = [sample_rate] * len(audios) if np.ndim(sample_rate) == 0 else list(sample_rate)
         if len(rates) != len(audios):

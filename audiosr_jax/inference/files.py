@@ -17,7 +17,7 @@ import tempfile
 import time
 
 from audiosr_jax.errors import UserError
-from audiosr_jax.inputs import Job, assign_outputs, check_outputs_are_not_inputs, expand_inputs
+from audiosr_jax.inference.inputs import Job, assign_outputs, check_outputs_are_not_inputs, expand_inputs
 
 __all__ = ["FilePlan", "FilesOutcome", "plan_files", "run_files"]
 
@@ -70,7 +70,7 @@ def plan_files(inputs: list[str], output: str, *, overwrite: bool = False, repor
 def run_files(weights, plan: FilePlan, cfg, mesh=None, progress: bool = True) -> FilesOutcome:
     """Run the batch engine over `plan` (`batch.run_batch`) and write the report (merged with an earlier
     one at the same path). A single-file plan always (re)writes its output, which `plan_files` checked."""
-    from audiosr_jax.batch import BatchStopped, merge_previous_report, run_batch, write_report
+    from audiosr_jax.inference.batch import BatchStopped, merge_previous_report, run_batch, write_report
 
     if plan.single:  # one file: a live bar of sampler steps instead of a files bar
         cfg = dataclasses.replace(cfg, overwrite=True, options=cfg.options._replace(progress=progress))

@@ -68,7 +68,7 @@ def _download(name: str) -> str:
 
 def _converted(src: str, directory: str) -> str:
     """`directory` holding the conversion of `src`, made now if it is not there yet."""
-    from audiosr_jax.checkpoint import is_checkpoint_dir
+    from audiosr_jax.inference.checkpoint import is_checkpoint_dir
 
     if is_checkpoint_dir(directory):
         return directory

@@ -3,7 +3,7 @@
     python -m audiosr_jax.training.export --vae WORKDIR --ldm WORKDIR --vocoder WORKDIR --out DIR
                                           [--no-ema] [--overwrite]
 
-Each source is either a training workdir (``python -m audiosr_jax.train_cli``; its latest checkpoint is
+Each source is either a training workdir (``python -m audiosr_jax.cli.train``; its latest checkpoint is
 read) or a converted AudioSR directory (``python -m audiosr_jax.convert``: has ``architecture.json``):
 
 * ``--vae``: the "vae" group of a VAE-stage workdir (the exact AutoencoderKL tree);
@@ -32,7 +32,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from audiosr_jax.checkpoint import AudioSRWeights, abstract_params, check_output_dir, save_weights
+from audiosr_jax.inference.checkpoint import AudioSRWeights, abstract_params, check_output_dir, save_weights
 from audiosr_jax.diffusion.config import DiffusionConfig
 from audiosr_jax.errors import CheckpointError
 
@@ -140,7 +140,7 @@ def _load_params(src: _Source, use_ema: bool, converted_cache: dict) -> None:
     latest checkpoint (EMA if ``use_ema`` and the run kept one)."""
     _, group, flag = _FAMILIES[src.family]
     if src.is_converted:
-        from audiosr_jax.checkpoint import load_weights
+        from audiosr_jax.inference.checkpoint import load_weights
 
         key = os.path.realpath(src.path)
         if key not in converted_cache:  # --vae and --vocoder may name the same converted directory

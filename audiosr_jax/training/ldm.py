@@ -26,7 +26,7 @@ from audiosr_jax.diffusion import objectives
 from audiosr_jax.diffusion.schedules import make_alphas_cumprod
 from audiosr_jax.models.unet import UNetConfig, UNetModel
 from audiosr_jax.models.vae import AutoencoderKL, VAEConfig, posterior_sample
-from audiosr_jax.pipeline import UNCONDITIONAL_LATENT
+from audiosr_jax.inference.pipeline import UNCONDITIONAL_LATENT
 from audiosr_jax.training import state as st
 
 

@@ -54,7 +54,7 @@ def load_group(path: str, family: str, group: str | None = None) -> tuple[dict, 
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: no such checkpoint directory")
     if os.path.exists(os.path.join(path, "architecture.json")):
-        from audiosr_jax.checkpoint import load_weights
+        from audiosr_jax.inference.checkpoint import load_weights
 
         w = load_weights(path)
         with open(os.path.join(path, "architecture.json")) as f:

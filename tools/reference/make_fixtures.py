@@ -26,14 +26,14 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import reference_model as rm  # noqa: E402  (imports patches, audiosr, audiosr_jax.synthetic)
+import reference_model as rm  # noqa: E402  (imports patches, audiosr, audiosr_jax.lab.synthetic)
 import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
 import audiosr.pipeline as pipeline  # noqa: E402
 import audiosr.utils as autils  # noqa: E402
 from audiosr.latent_diffusion.models import ddpm  # noqa: E402
-from audiosr_jax.synthetic import fingerprint, parity_clip  # noqa: E402
+from audiosr_jax.lab.synthetic import fingerprint, parity_clip  # noqa: E402
 
 CLIP_SR = 48000
 CLIP_SECONDS = 3.0

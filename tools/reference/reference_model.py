@@ -8,7 +8,7 @@
   upsample_initial_channel 1536 -> 64; "full" is the released architecture.
 * CLAP (built in `DDPM.__init__`, unused for super-resolution) is replaced by an empty module.
 * Every nn.Parameter under `first_stage_model.` and `model.diffusion_model.` is set from
-  `audiosr_jax.synthetic.synthetic_state_dict(shapes, seed)` (seed 0), keyed by its full state_dict name.
+  `audiosr_jax.lab.synthetic.synthetic_state_dict(shapes, seed)` (seed 0), keyed by its full state_dict name.
 * The conditioning VAE `cond_stage_models.0.vae` gets weights of its *own*, unlike the release (where it is
   a copy of `first_stage_model`), so that the fixtures tell the two encoders apart: the parameters its
   forward uses (`VAEFeatureExtract.forward` = `vae.encode(x).sample()` = `encoder` then `quant_conv`,
@@ -37,7 +37,7 @@ import audiosr  # noqa: E402,F401
 import audiosr.latent_diffusion.models.ddpm as ddpm  # noqa: E402
 import audiosr.utilities.model as utilities_model  # noqa: E402
 from audiosr.utils import get_basic_config  # noqa: E402
-from audiosr_jax.synthetic import synthetic_state_dict  # noqa: E402
+from audiosr_jax.lab.synthetic import synthetic_state_dict  # noqa: E402
 
 __all__ = ["WIDTHS", "SYNTHETIC_PREFIXES", "COND_PREFIX", "COND_PREFIXES", "COND_SEED", "SCALE_FACTOR", "model_config",
            "build_reference_model"]

@@ -3,10 +3,10 @@
     .refenv/bin/python tools/reference/time_reference.py --width full --sampling-steps 50
 
 Everything runs in one process on the reference model with synthetic weights (reference_model.py), on
-`audiosr_jax.synthetic.parity_clip(48000, 3.0)` (padded by the reference to 5.12 s: a 512x256 mel, a 64x32
+`audiosr_jax.lab.synthetic.parity_clip(48000, 3.0)` (padded by the reference to 5.12 s: a 512x256 mel, a 64x32
 latent). Progress goes to stderr; stdout gets exactly one JSON object {stage: seconds, ...} with:
 
-  import_s             importing patches + audiosr (+ audiosr_jax.synthetic)
+  import_s             importing patches + audiosr (+ audiosr_jax.lab.synthetic)
   build_s              building LatentDiffusion and setting the synthetic weights
   frontend_s           make_batch_for_super_resolution: wav read, normalise, pad, mel, cutoff, ellip low-pass, mel
   vae_encode_s         first_stage_model.encode of the [1, 1, 512, 256] low-pass mel
@@ -41,7 +41,7 @@ import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
 import audiosr.pipeline as pipeline  # noqa: E402
-from audiosr_jax.synthetic import parity_clip  # noqa: E402
+from audiosr_jax.lab.synthetic import parity_clip  # noqa: E402
 
 IMPORT_S = time.perf_counter() - T_START
 

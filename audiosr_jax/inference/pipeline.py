@@ -21,9 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from audiosr_jax import audio, lowpass, postprocess
+from audiosr_jax import audio
+from audiosr_jax.inference import lowpass, postprocess
 from audiosr_jax.inference import progress
-from audiosr_jax.checkpoint import AudioSRWeights, select_part
+from audiosr_jax.inference.checkpoint import AudioSRWeights, select_part
 from audiosr_jax.diffusion import sampling
 from audiosr_jax.diffusion.samplers import classifier_free_guidance
 from audiosr_jax.errors import AudioError

@@ -1,6 +1,6 @@
 """Stage vae: the mel VAE (AutoencoderKL) with AudioLDM's L1 + KL + PatchGAN objective (TRAINING.md §1.3).
 
-  python train.py --config=configs/vae.py:full --workdir=runs/vae \
+  python train.py --config=audiosr_jax/configs/vae.py:full --workdir=runs/vae \
       --config.data.dataset_dir=out/tfds/audio_segments/seg10240ms_pad_mix/1.0.0
 
 Presets: full (the released VAE; Adam(8e-6, betas 0.5/0.9) for the AE and the discriminator, GAN term from
@@ -11,7 +11,7 @@ Fine-tune the released VAE with --config.train.init_from=CONVERTED_DIR.
 
 import ml_collections
 
-from configs.common import base
+from audiosr_jax.configs.common import base
 
 
 def get_config(preset: str = "full") -> ml_collections.ConfigDict:

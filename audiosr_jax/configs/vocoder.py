@@ -1,6 +1,6 @@
 """Stage vocoder: the 48 kHz HiFi-GAN generator with MPD + MSD + MRD discriminators (TRAINING.md §1.5).
 
-  python train.py --config=configs/vocoder.py:full --workdir=runs/vocoder \
+  python train.py --config=audiosr_jax/configs/vocoder.py:full --workdir=runs/vocoder \
       --config.data.dataset_dir=out/tfds/audio_segments/seg10240ms_pad_mix/1.0.0
 
 Presets: full (the released generator; AdamW(2e-4, betas 0.8/0.99) × 0.999 every `decay_every` steps,
@@ -11,7 +11,7 @@ The MSD needs mesh tensor=1 (the stage refuses tensor > 1 with "msd" enabled).
 
 import ml_collections
 
-from configs.common import base
+from audiosr_jax.configs.common import base
 
 
 def get_config(preset: str = "full") -> ml_collections.ConfigDict:

@@ -1,6 +1,6 @@
 """The README's main command: train a small AudioSR on real audio on the CPU, then beat the baseline.
 
-    python -m audiosr_jax.demo [--workdir out/demo] [--corpus DIR] [--minutes 20] [--steps-scale 1.0]
+    python -m audiosr_jax.lab.demo [--workdir out/demo] [--corpus DIR] [--minutes 20] [--steps-scale 1.0]
 
 Every step writes into ``--workdir`` and is skipped on a rerun when its result is there, so an interrupted
 demo resumes (training resumes from its last checkpoint):
@@ -33,9 +33,9 @@ import sys
 import time
 from pathlib import Path
 
-from audiosr_jax import experiments as ex
+from audiosr_jax.lab import experiments as ex
 
-# Per-stage overrides of the tiny presets (configs/<stage>.py:tiny). Steps are multiplied by --steps-scale.
+# Per-stage overrides of the tiny presets (audiosr_jax/configs/<stage>.py:tiny). Steps are multiplied by --steps-scale.
 # The VAE trains without its adversarial term: in a few hundred steps the PatchGAN only slows the L1 fit.
 STAGE_OVERRIDES = {
     "vae": {"train.total_steps": 500, "vae.adversarial": False, "train.batch_size": 4,

@@ -34,13 +34,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from audiosr_jax import audio, lowpass, postprocess, windows
-from audiosr_jax.checkpoint import AudioSRWeights
+from audiosr_jax import audio
+from audiosr_jax.inference import lowpass, postprocess, windows
+from audiosr_jax.inference.checkpoint import AudioSRWeights
 from audiosr_jax.diffusion import sampling
 from audiosr_jax.errors import UserError
 from audiosr_jax.inference import progress as step_progress
-from audiosr_jax.inputs import Job
-from audiosr_jax.pipeline import (SamplingOptions, draw_noise, item_keys, latent_shape, num_sampler_steps,
+from audiosr_jax.inference.inputs import Job
+from audiosr_jax.inference.pipeline import (SamplingOptions, draw_noise, item_keys, latent_shape, num_sampler_steps,
                                   super_resolve_windows, super_resolve_windows_low_memory)
 
 __all__ = ["BatchConfig", "FileResult", "BatchStopped", "run_batch", "run_arrays", "write_report",

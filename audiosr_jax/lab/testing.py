@@ -1,6 +1,6 @@
 """Synthetic AudioSR checkpoints in the released PyTorch key layout, for tests, demos and benchmarks.
 
-The weights are random (`audiosr_jax.synthetic`), so the audio they produce is not meaningful; what they
+The weights are random (`audiosr_jax.lab.synthetic`), so the audio they produce is not meaningful; what they
 exercise is everything else: conversion, shapes, the pipeline, the command line, error handling.
 """
 
@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from audiosr_jax.checkpoint import abstract_params
+from audiosr_jax.inference.checkpoint import abstract_params
 from audiosr_jax.convert import unet as unet_conv
 from audiosr_jax.convert import vae as vae_conv
 from audiosr_jax.convert import vocoder as vocoder_conv
@@ -21,7 +21,7 @@ from audiosr_jax.models.presets import WIDTHS
 from audiosr_jax.models.unet import UNetConfig
 from audiosr_jax.models.vae import VAEConfig
 from audiosr_jax.models.vocoder import VocoderConfig
-from audiosr_jax.synthetic import synthetic_state_dict
+from audiosr_jax.lab.synthetic import synthetic_state_dict
 
 __all__ = ["WIDTHS", "torch_shapes", "synthetic_torch_checkpoint", "write_synthetic_checkpoint"]
 

@@ -1,10 +1,10 @@
 """Ablation harness: train one LDM per grid cell on the same data, seed and budget, evaluate each the same way,
 and write one table and one plot.
 
-    python ablate.py --grid=configs/ablations/schedule_x_param.py [--workdir=out/ablations/NAME]
+    python ablate.py --grid=audiosr_jax/configs/ablations/schedule_x_param.py [--workdir=out/ablations/NAME]
         [--cell=NAME] [--report_only] [--grid.eval.clips=4 ...]
 
-A grid config (``configs/ablations/*.py``) holds:
+A grid config (``audiosr_jax/configs/ablations/*.py``) holds:
 
 * ``base``: the demo's settings for the shared parts: ``corpus`` (a folder, or "" to build one), the frozen
   VAE and vocoder (trained with the demo's recipe into ``<workdir>/base`` unless ``base.workdir`` names a
@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from audiosr_jax import experiments as ex
+from audiosr_jax.lab import experiments as ex
 from audiosr_jax.audio import atomic_write
 
 TABLE_METRICS = ("lsd", "lsd_hf", "lsd_lf", "si_sdr")
@@ -75,7 +75,7 @@ def eval_settings(grid: Any) -> list[dict]:
 
 def prepare_base(grid: Any, workdir: Path) -> dict:
     """The dataset, frozen VAE and vocoder every cell shares, and the held-out inputs (built once)."""
-    from audiosr_jax import demo
+    from audiosr_jax.lab import demo
 
     base = Path(grid.base.workdir) if grid.base.workdir else workdir / "base"
     base = base.resolve()

@@ -3,7 +3,7 @@
 
 import ml_collections
 
-from configs import models
+from audiosr_jax.configs import models
 
 
 def base(stage: str, preset: str) -> ml_collections.ConfigDict:

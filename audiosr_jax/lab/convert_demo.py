@@ -1,6 +1,6 @@
 """End-to-end demo on the embedded default: checkpoint in the released layout → converter → sample.py.
 
-    python -m audiosr_jax.convert.demo [--workdir out/convert_demo] [--width reduced] [--steps 50]
+    python -m audiosr_jax.lab.convert_demo [--workdir out/convert_demo] [--width reduced] [--steps 50]
 
 No weights can be downloaded here, so the checkpoint holds synthetic weights (the parity tests' reduced
 width by default) in the exact key layout of the released `pytorch_model.bin`. Everything a user with the
@@ -29,8 +29,8 @@ def main(argv=None) -> int:
     import soundfile as sf
 
     from audiosr_jax.convert import convert_file
-    from audiosr_jax.synthetic import parity_clip
-    from audiosr_jax.testing import write_synthetic_checkpoint
+    from audiosr_jax.lab.synthetic import parity_clip
+    from audiosr_jax.lab.testing import write_synthetic_checkpoint
 
     from audiosr_jax import audio
 

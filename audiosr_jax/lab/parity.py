@@ -23,15 +23,16 @@ import jax.numpy as jnp
 import numpy as np
 import soundfile as sf
 
-from audiosr_jax import audio, lowpass, pipeline, postprocess
-from audiosr_jax.checkpoint import AudioSRWeights, select_part
+from audiosr_jax import audio
+from audiosr_jax.inference import lowpass, pipeline, postprocess
+from audiosr_jax.inference.checkpoint import AudioSRWeights, select_part
 from audiosr_jax.convert.core import COND_VAE, VAE, convert_state_dict
 from audiosr_jax.diffusion.samplers import classifier_free_guidance
 from audiosr_jax.models.unet import UNetModel
 from audiosr_jax.models.vae import AutoencoderKL
 from audiosr_jax.models.vocoder import HiFiGAN
-from audiosr_jax.pipeline import Noise, SamplingOptions, super_resolve_waveform
-from audiosr_jax.synthetic import fingerprint, parity_clip, synthetic_state_dict
+from audiosr_jax.inference.pipeline import Noise, SamplingOptions, super_resolve_waveform
+from audiosr_jax.lab.synthetic import fingerprint, parity_clip, synthetic_state_dict
 
 __all__ = ["reference_state_dict", "reference_weights", "swap_encoders", "compare", "rel_err", "snr_db",
            "log_mel_float64", "LOUD_LOG_MEL"]

@@ -1,6 +1,6 @@
 """Ablation: noise schedule × parameterisation (3 × 2) of the LDM, at the demo's tiny width on the offline corpus.
 
-  python ablate.py --grid=configs/ablations/schedule_x_param.py --workdir=out/ablations/schedule_x_param
+  python ablate.py --grid=audiosr_jax/configs/ablations/schedule_x_param.py --workdir=out/ablations/schedule_x_param
 
 Question: does zero terminal SNR matter for super-resolution, and does ε-prediction cope with it? Schedules:
 the reference's unclipped cosine (ᾱ_T = 0), LDM/AudioLDM's scaled-linear (β 0.0015→0.0195, terminal SNR

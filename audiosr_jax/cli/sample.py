@@ -103,8 +103,8 @@ def main(argv=None) -> int:
         import jax
 
         from audiosr_jax import AudioSR
-        from audiosr_jax.batch import BatchConfig
-        from audiosr_jax.inputs import shard_for_host
+        from audiosr_jax.inference.batch import BatchConfig
+        from audiosr_jax.inference.inputs import shard_for_host
 
         if args.multihost:
             jax.distributed.initialize()

@@ -1,4 +1,4 @@
-"""``python train.py --config=configs/<stage>.py[:preset] [--config.x=y ...] --workdir=DIR``.
+"""``python train.py --config=audiosr_jax/configs/<stage>.py[:preset] [--config.x=y ...] --workdir=DIR``.
 
 Trains (or resumes) one stage. Multi-host: ``--multihost`` calls ``jax.distributed.initialize()`` first
 (TPU pod slices and SLURM clusters are detected from the environment). Errors a user can cause print one
@@ -13,7 +13,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "stage config file (configs/ldm.py, vae.py, vocoder.py)")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "stage config file (audiosr_jax/configs/ldm.py, vae.py, vocoder.py)")
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory: checkpoints, TensorBoard logs, config")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "call jax.distributed.initialize() (pod slice / SLURM)")
 _STOP_AFTER = flags.DEFINE_integer("stop_after", None, "stop (with a checkpoint) after this many steps")

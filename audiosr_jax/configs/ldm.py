@@ -1,6 +1,6 @@
 """Stage ldm: the latent-diffusion UNet (AUDIOSR.md / TRAINING.md §1.4).
 
-  python train.py --config=configs/ldm.py:full --workdir=runs/ldm --config.ldm.vae_from=runs/vae \
+  python train.py --config=audiosr_jax/configs/ldm.py:full --workdir=runs/ldm --config.ldm.vae_from=runs/vae \
       --config.data.dataset_dir=out/tfds/audio_segments/seg10240ms_pad_mix/1.0.0
 
 Presets: full (the released UNet; AdamW 1e-4, 5000 warm-up steps then constant, batch 16, 5.12 s crops),
@@ -9,7 +9,7 @@ tiny (CPU demo/tests). Fine-tune the released model with --config.train.init_fro
 
 import ml_collections
 
-from configs.common import base
+from audiosr_jax.configs.common import base
 
 
 def get_config(preset: str = "full") -> ml_collections.ConfigDict:

@@ -8,7 +8,6 @@ checkpoint), so an interrupted experiment is rerun with the same command.
 from __future__ import annotations
 
 import importlib
-import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 SR = 48_000
 CLIP_SECONDS = 5.12
 CUTOFFS_HZ = (2000, 4000, 8000, 12000)
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # the checkout (data/ scripts)
 
 
 def log(msg: str) -> None:
@@ -33,10 +32,8 @@ def latest_step(workdir: Path) -> int:
 
 
 def stage_config(stage: str, overrides: dict, preset: str = "tiny"):
-    """``configs/<stage>.py:<preset>`` with dotted-key overrides applied (an ml_collections.ConfigDict)."""
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))  # configs/ of a checkout
-    cfg = importlib.import_module(f"configs.{stage}").get_config(preset)
+    """``audiosr_jax/configs/<stage>.py:<preset>`` with dotted-key overrides applied (an ml_collections.ConfigDict)."""
+    cfg = importlib.import_module(f"audiosr_jax.configs.{stage}").get_config(preset)
     cfg.update_from_flattened_dict(dict(overrides))
     return cfg
 
@@ -44,7 +41,7 @@ def stage_config(stage: str, overrides: dict, preset: str = "tiny"):
 def command_line(stage: str, workdir: Path, overrides: dict, preset: str = "tiny") -> str:
     """The ``train.py`` command that trains the same run."""
     flags = " ".join(f"--config.{k}={v}" for k, v in overrides.items())
-    return f"python train.py --config=configs/{stage}.py:{preset} --workdir={workdir} {flags}"
+    return f"python train.py --config=audiosr_jax/configs/{stage}.py:{preset} --workdir={workdir} {flags}"
 
 
 def train_stage(stage: str, workdir: Path, overrides: dict, preset: str = "tiny", say: Callable = log) -> dict:

@@ -1,1 +1,0 @@
-"""ml_collections config files (big_vision style): `--config=configs/ldm.py:tiny`."""
