@@ -13,7 +13,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "audiosr_jax", "configs", f"{name}.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -39,3 +39,23 @@ def test_overrides_reach_the_dataclasses():
     cfg.unet.model_channels = 64
     _, unet, _ = models.architectures(cfg)
     assert unet.model_channels == 64 and unet.channel_mult == (1, 2, 3, 5)
+
+
+def test_packaged_configs_are_found_by_name(tmp_path):
+    """After a pip install there is no checkout: `--config=ldm:tiny` names the file shipped in the package; an
+    existing path is left alone (and so is a name that is not ours, for ml_collections to report)."""
+    import os
+
+    from audiosr_jax.configs import CONFIG_DIR, resolve_config_flags
+
+    ldm = os.path.join(CONFIG_DIR, "ldm.py")
+    grid = os.path.join(CONFIG_DIR, "ablations", "schedule_x_param.py")
+    assert resolve_config_flags(["train", "--config=ldm:tiny", "--workdir=w"]) == ["train", f"--config={ldm}:tiny",
+                                                                                  "--workdir=w"]
+    assert resolve_config_flags(["x", "--config", "ldm.py"]) == ["x", "--config", ldm]
+    assert resolve_config_flags(["x", "--grid=ablations/schedule_x_param"]) == ["x", f"--grid={grid}"]
+    mine = tmp_path / "ldm.py"
+    mine.write_text("")
+    assert resolve_config_flags([f"--config={mine}:tiny", "--config=nope:x"]) == [f"--config={mine}:tiny",
+                                                                                 "--config=nope:x"]
+    assert os.path.isfile(ldm) and os.path.isfile(grid)

@@ -1,4 +1,5 @@
-"""``python train.py --config=audiosr_jax/configs/<stage>.py[:preset] [--config.x=y ...] --workdir=DIR``.
+"""``python train.py --config=audiosr_jax/configs/<stage>.py[:preset] [--config.x=y ...] --workdir=DIR``
+(installed: ``audiosr-jax-train --config=<stage>[:preset] ...``, the packaged config by name).
 
 Trains (or resumes) one stage. Multi-host: ``--multihost`` calls ``jax.distributed.initialize()`` first
 (TPU pod slices and SLURM clusters are detected from the environment). Errors a user can cause print one
@@ -48,6 +49,9 @@ def _main(argv):
 
 
 def main():
+    from audiosr_jax.configs import resolve_config_flags
+
+    sys.argv = resolve_config_flags(sys.argv)  # --config=ldm:tiny finds the packaged file
     try:
         app.run(lambda argv: sys.exit(_main(argv)))
     except SystemExit as e:
