@@ -101,7 +101,7 @@ def _apply_override(config, assignment: str) -> None:
 
 def stage_config(stage: str, width: str, batch: int | None, crop: int | None, dtype: str, overrides=()):
     """The preset's config on a 1-device mesh, with the benchmark's batch / crop / dtype."""
-    config = importlib.import_module(f"configs.{stage}").get_config(width)
+    config = importlib.import_module(f"audiosr_jax.configs.{stage}").get_config(width)
     config.mesh = (("data", 1), ("fsdp", 1), ("tensor", 1))
     if batch is None:
         batch = 1 if width == "full" else int(config.train.batch_size)

@@ -216,7 +216,7 @@ def test_diffusion_config_defaults_and_round_trip():
 def test_diffusion_config_from_training_config():
     import importlib
 
-    ldm = importlib.import_module("configs.ldm").get_config("tiny").ldm
+    ldm = importlib.import_module("audiosr_jax.configs.ldm").get_config("tiny").ldm
     assert DiffusionConfig.from_ldm_config(ldm) == DiffusionConfig()
     ldm = ml_collections.ConfigDict(dict(ldm.to_dict(), schedule="linear_zero_snr", schedule_kwargs={"end": 0.012},
                                          num_timesteps=200, parameterization="x0"))

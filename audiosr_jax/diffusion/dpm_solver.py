@@ -58,6 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from audiosr_jax.diffusion.sampler_spec import SamplerSpec
 from audiosr_jax.diffusion.schedules import cosine_alphas_cumprod
 
 __all__ = [
@@ -313,3 +314,15 @@ def unipc_sample(denoise: Denoiser, x_T: jax.Array, alphas_cumprod: np.ndarray, 
     """
     ts = sampler_timesteps(num_steps, alphas_cumprod, spacing)
     return multistep_sample(denoise, x_T, multistep_tables(alphas_cumprod, ts, "unipc"))
+
+
+def _multistep_spec(method: str) -> SamplerSpec:
+    def run(v, x_T, ac, num_steps, eta, noise):
+        return multistep_sample(v, x_T, multistep_tables(ac, sampler_timesteps(num_steps, ac), method))
+
+    return SamplerSpec(method, timesteps=lambda ac, n: sampler_timesteps(n, ac), noise_steps=lambda n, T: int(n),
+                       run=run)
+
+
+DPMPP_2M = _multistep_spec("dpmpp_2m")  # DPM-Solver++(2M): best at ≤ 15 steps
+UNIPC = _multistep_spec("unipc")  # UniPC (bh2): best at ≥ 20 steps

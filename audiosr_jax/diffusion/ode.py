@@ -35,8 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from audiosr_jax.diffusion.dpm_solver import grid_alphas, sampler_timesteps
+from audiosr_jax.diffusion.sampler_spec import SamplerSpec
 
-__all__ = ["ODETables", "ode_tables", "ode_sample", "euler_sample", "heun_sample", "METHODS"]
+__all__ = ["ODETables", "ode_tables", "ode_sample", "euler_sample", "heun_sample", "METHODS", "EULER", "HEUN"]
 
 Denoiser = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -126,3 +127,15 @@ def heun_sample(denoise: Denoiser, x_T: jax.Array, alphas_cumprod: np.ndarray, n
     2·num_steps − 1 network calls; returns x̂₀ of the last call ([B, ...], x_T's dtype)."""
     ts = sampler_timesteps(num_steps, alphas_cumprod, spacing)
     return ode_sample(denoise, x_T, ode_tables(alphas_cumprod, ts, "heun"))
+
+
+def _ode_spec(method: str, calls) -> SamplerSpec:
+    def run(v, x_T, ac, num_steps, eta, noise):
+        return ode_sample(v, x_T, ode_tables(ac, sampler_timesteps(num_steps, ac), method))
+
+    return SamplerSpec(method, timesteps=lambda ac, n: sampler_timesteps(n, ac), noise_steps=lambda n, T: int(n),
+                       run=run, calls=calls)
+
+
+EULER = _ode_spec("euler", lambda n: n)  # = DDIM with η = 0 on the same grid
+HEUN = _ode_spec("heun", lambda n: 2 * n - 1)  # second order: two network calls per step but the last

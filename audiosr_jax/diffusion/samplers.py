@@ -18,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from audiosr_jax.diffusion.parameterization import v_to_eps, v_to_x0
+from audiosr_jax.diffusion.sampler_spec import SamplerSpec
 
-__all__ = ["ddim_timesteps", "DDIMTables", "ddim_tables", "ddim_sample", "classifier_free_guidance"]
+__all__ = ["ddim_timesteps", "DDIMTables", "ddim_tables", "ddim_sample", "classifier_free_guidance", "DDIM"]
 
 Denoiser = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -124,3 +125,17 @@ def classifier_free_guidance(model: Callable[[jax.Array, jax.Array, jax.Array], 
         return v_u + scale * (v_c - v_u)
 
     return denoise
+
+
+def _run_ddim(v: Denoiser, x_T: jax.Array, ac: np.ndarray, num_steps: int, eta: float, noise) -> jax.Array:
+    tables = ddim_tables(ac, num_steps, eta)
+    if noise is None:
+        if eta != 0:
+            raise ValueError("DDIM with eta > 0 needs its per-step noise")
+        noise = jnp.zeros((len(tables.timesteps),) + x_T.shape, x_T.dtype)
+    return ddim_sample(v, x_T, noise, tables)
+
+
+# the reference's sampler: stochastic with η, on its own uniform grid
+DDIM = SamplerSpec("ddim", timesteps=lambda ac, n: ddim_timesteps(n, len(ac))[::-1],
+                   noise_steps=lambda n, T: len(ddim_timesteps(n, T)), run=_run_ddim, stochastic=True)

@@ -23,46 +23,43 @@ import jax.numpy as jnp
 import numpy as np
 
 from audiosr_jax.diffusion import parameterization as pz
-from audiosr_jax.diffusion.dpm_solver import multistep_sample, multistep_tables, sampler_timesteps
-from audiosr_jax.diffusion.ode import ode_sample, ode_tables
-from audiosr_jax.diffusion.samplers import ddim_sample, ddim_tables, ddim_timesteps
+from audiosr_jax.diffusion.dpm_solver import DPMPP_2M, UNIPC
+from audiosr_jax.diffusion.ode import EULER, HEUN
+from audiosr_jax.diffusion.sampler_spec import SamplerSpec
+from audiosr_jax.diffusion.samplers import DDIM
 
-__all__ = ["SAMPLERS", "network_timesteps", "num_noise_steps", "num_network_calls", "v_denoiser",
+__all__ = ["REGISTRY", "SAMPLERS", "network_timesteps", "num_noise_steps", "num_network_calls", "v_denoiser",
            "check_timesteps", "sample"]
 
 Denoiser = Callable[[jax.Array, jax.Array], jax.Array]
 
-# ddim: the reference's (stochastic with η); the others deterministic on the log-SNR grid of dpm_solver
-SAMPLERS = ("ddim", "dpmpp_2m", "unipc", "euler", "heun")
+# The one list of samplers: the CLI, the configs and the engine read it. ddim: the reference's (stochastic
+# with η); the others deterministic on the log-SNR grid of dpm_solver.
+REGISTRY: dict[str, SamplerSpec] = {s.name: s for s in (DDIM, DPMPP_2M, UNIPC, EULER, HEUN)}
+SAMPLERS = tuple(REGISTRY)
 
 
-def _check_sampler(sampler: str) -> None:
-    if sampler not in SAMPLERS:
+def _spec(sampler: str) -> SamplerSpec:
+    if sampler not in REGISTRY:
         raise ValueError(f"unknown sampler {sampler!r}; choose from {SAMPLERS}")
+    return REGISTRY[sampler]
 
 
 def network_timesteps(sampler: str, alphas_cumprod: np.ndarray, num_steps: int) -> np.ndarray:
     """The distinct training timesteps the network is evaluated at, descending (int64)."""
-    _check_sampler(sampler)
-    if sampler == "ddim":
-        return ddim_timesteps(num_steps, len(alphas_cumprod))[::-1]
-    return sampler_timesteps(num_steps, alphas_cumprod)
+    return _spec(sampler).timesteps(np.asarray(alphas_cumprod, np.float64), num_steps)
 
 
 def num_noise_steps(sampler: str, num_steps: int, num_timesteps: int = 1000) -> int:
     """Length of the per-step noise axis `sample` takes: one draw per DDIM step (len(ddim_timesteps), which
     exceeds num_steps when it does not divide num_timesteps); the deterministic samplers ignore noise and
     are given num_steps (so the value also counts steps)."""
-    _check_sampler(sampler)
-    if sampler == "ddim":
-        return len(ddim_timesteps(num_steps, num_timesteps))
-    return int(num_steps)
+    return _spec(sampler).noise_steps(num_steps, num_timesteps)
 
 
 def num_network_calls(sampler: str, num_steps: int, num_timesteps: int = 1000) -> int:
     """Denoiser calls of one run (before guidance doubling): Heun 2·S − 1, DDIM its grid length, others S."""
-    n = num_noise_steps(sampler, num_steps, num_timesteps)
-    return 2 * n - 1 if sampler == "heun" else n
+    return _spec(sampler).calls(num_noise_steps(sampler, num_steps, num_timesteps))
 
 
 def check_timesteps(parameterization: str, alphas_cumprod: np.ndarray, timesteps) -> None:
@@ -109,18 +106,7 @@ def sample(sampler: str, denoise: Denoiser, x_T: jax.Array, alphas_cumprod: np.n
     allowed only with eta = 0): DDIM only. Raises ValueError for an unknown sampler or parameterisation, a
     bad step count, or an undefined combination (see `check_timesteps`).
     """
-    _check_sampler(sampler)
+    spec = _spec(sampler)
     ac = np.asarray(alphas_cumprod, np.float64)
-    check_timesteps(parameterization, ac, network_timesteps(sampler, ac, num_steps))
-    v = v_denoiser(denoise, parameterization, ac)
-    if sampler == "ddim":
-        tables = ddim_tables(ac, num_steps, eta)
-        if noise is None:
-            if eta != 0:
-                raise ValueError("DDIM with eta > 0 needs its per-step noise")
-            noise = jnp.zeros((len(tables.timesteps),) + x_T.shape, x_T.dtype)
-        return ddim_sample(v, x_T, noise, tables)
-    ts = sampler_timesteps(num_steps, ac)
-    if sampler in ("euler", "heun"):
-        return ode_sample(v, x_T, ode_tables(ac, ts, sampler))
-    return multistep_sample(v, x_T, multistep_tables(ac, ts, sampler))
+    check_timesteps(parameterization, ac, spec.timesteps(ac, num_steps))
+    return spec.run(v_denoiser(denoise, parameterization, ac), x_T, ac, num_steps, eta, noise)
