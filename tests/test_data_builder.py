@@ -261,7 +261,7 @@ def test_overwrite_success_swaps_in_the_new_build(old_build, tmp_path):
 
 
 def test_swap_puts_the_old_build_back_when_the_new_one_cannot_move_in(tmp_path, monkeypatch):
-    from audiosr_jax.data import segments
+    from audiosr_jax.atomic import swap_in
 
     old, new, aside = tmp_path / "cfg" / "1.0.0", tmp_path / "staging" / "1.0.0", tmp_path / "staging" / "previous"
     for d, text in ((old, "old"), (new, "new")):
@@ -274,9 +274,9 @@ def test_swap_puts_the_old_build_back_when_the_new_one_cannot_move_in(tmp_path, 
             raise KeyboardInterrupt
         rename(src, dst)
 
-    monkeypatch.setattr(segments.os, "rename", failing_rename)
+    monkeypatch.setattr(os, "rename", failing_rename)
     with pytest.raises(KeyboardInterrupt):
-        segments._swap_in(new, old, aside)
+        swap_in(new, old, aside)
     assert (old / "f").read_text() == "old" and not aside.exists() and (new / "f").read_text() == "new"
 
 

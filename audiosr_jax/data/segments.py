@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from audiosr_jax.atomic import swap_in
 from audiosr_jax.errors import AudioError, UserError
 
 logger = logging.getLogger(__name__)
@@ -643,7 +644,7 @@ def build_dataset(sources, data_dir, *, config: SegmentConfig | None = None, ove
       config: the :class:`SegmentConfig` (default: 10.24 s, pad, mix).
       overwrite: replace an existing build of the same config; without it an existing build is an error (the
         config name does not encode the sources, so silently reusing it could serve other data). Only a build
-        of this builder is replaced, and only once the new one is complete (see :func:`_swap_in`): a build that
+        of this builder is replaced, and only once the new one is complete (see :func:`audiosr_jax.atomic.swap_in`): a build that
         fails or is interrupted leaves the previous one as it was.
       workers: decode/resample threads (default min(4, cpu count)); the output does not depend on it.
       cache_bytes: int16 segments kept in memory between the decode pass and writing; files beyond it are
@@ -685,7 +686,7 @@ def build_dataset(sources, data_dir, *, config: SegmentConfig | None = None, ove
         dl_config = tfds.download.DownloadConfig(try_download_gcs=False,
                                                  compute_stats=tfds.download.ComputeStatsMode.SKIP)
         builder.download_and_prepare(download_dir=str(staging / "downloads"), download_config=dl_config)
-        _swap_in(built, version_dir, aside=staging / "previous")
+        swap_in(built, version_dir, aside=staging / "previous")
         _carry_config_metadata(staging / rel.parts[0], data_dir / rel.parts[0])
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # the new build's leftovers, or the replaced old build
@@ -714,24 +715,6 @@ def _is_our_build(path: Path) -> bool:
         return False
     return (isinstance(info, dict) and isinstance(report, dict) and info.get("name") == AudioSegments.name
             and report.get("dataset") == AudioSegments.name)
-
-
-def _swap_in(new: Path, target: Path, aside: Path) -> None:
-    """Move the finished build ``new`` to ``target``; a build already there is first renamed to ``aside``.
-
-    All three paths are on one filesystem (renames are atomic). There is never a moment where a failure loses
-    both builds: if the second rename fails (or is interrupted) the old build is renamed back. The caller
-    deletes ``aside``."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if not (target.exists() or target.is_symlink()):
-        os.rename(new, target)
-        return
-    os.rename(target, aside)
-    try:
-        os.rename(new, target)
-    except BaseException:
-        os.rename(aside, target)
-        raise
 
 
 def _carry_config_metadata(staged: Path, dataset_dir: Path) -> None:

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from audiosr_jax.atomic import swap_in
 from audiosr_jax.diffusion.config import DiffusionConfig
 from audiosr_jax.errors import CheckpointError
 from audiosr_jax.models.unet import UNetConfig, UNetModel
@@ -175,27 +176,13 @@ def save_weights(weights: AudioSRWeights, directory: str | os.PathLike, overwrit
         ckptr.wait_until_finished()
         with open(os.path.join(tmp, "architecture.json"), "w") as f:
             json.dump(weights.architecture(), f, indent=2)
-        _swap_in(tmp, directory)
+        old = tempfile.mkdtemp(prefix="." + os.path.basename(directory) + ".old-", dir=parent)
+        os.rmdir(old)  # a free name beside it for the previous checkpoint
+        swap_in(tmp, directory, aside=old)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _swap_in(new: str, directory: str) -> None:
-    """Rename `new` to `directory`; a previous checkpoint there is renamed aside first and deleted only once
-    the new one is in place (restored if the rename fails)."""
-    if not os.path.exists(directory):
-        os.replace(new, directory)
-        return
-    old = tempfile.mkdtemp(prefix="." + os.path.basename(directory) + ".old-", dir=os.path.dirname(directory))
-    os.rmdir(old)
-    os.replace(directory, old)
-    try:
-        os.replace(new, directory)
-    except BaseException:
-        os.replace(old, directory)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_weights(directory: str | os.PathLike, sharding: jax.sharding.Sharding | None = None,
