@@ -1,7 +1,8 @@
 """Random low-pass training pairs (the training-time degradation), on the host (scipy) or on device (JAX).
 
 Each training example ``x`` (48 kHz, float32) is paired with a low-passed copy made by a randomly drawn
-filter, so that one model learns every input bandwidth (AUDIOSR.md §1.2, TRAINING.md §1.1):
+filter, so that one model learns every input bandwidth (docs/design.md §Input low-pass,
+§Training data and degradation):
 
 * family from {butter, cheby1, cheby2, ellip, bessel}, order in [2, 10], cutoff in [2, 16] kHz
   (uniform, or log-uniform); the draw depends *only* on ``(seed, epoch, index)`` through

@@ -1,7 +1,7 @@
 """Objective metrics for audio super-resolution (numpy, host; float64 throughout).
 
 Two LSD families are in use in the field and their numbers are **not interchangeable**
-(/work/shared/reference/TRAINING.md §4):
+(docs/design.md §Metrics):
 
 1. **ssr_eval LSD** (:func:`lsd`) - what AudioSR and NVSR report. Source: ``ssr_eval`` 0.0.7
    (``ssr_eval/metrics.py``, ``AudioMetrics``): ``hop = int(sr/100)``, ``n_fft = int(2048/(44100/sr))``
@@ -17,7 +17,7 @@ Two LSD families are in use in the field and their numbers are **not interchange
    LSD-LF over ``[:hf]`` (the kept band) with ``hf = int(1025 * sr_in / 48000)``, ``sr_in = 2 * cutoff``.
 
 Also :func:`si_sdr` (``alpha = <est,ref>/||ref||^2``, ``10 log10(||alpha ref||^2 / ||alpha ref - est||^2)``,
-TRAINING.md §4.4) and :func:`snr` (AP-BWE / NU-Wave 2: ``20 log10(||ref|| / ||est - ref||)``).
+docs/design.md §SI-SDR and SNR) and :func:`snr` (AP-BWE / NU-Wave 2: ``20 log10(||ref|| / ||est - ref||)``).
 
 Conventions shared by every metric here:
 
@@ -204,7 +204,7 @@ def lsd(ref, est, sr: int = 48000, *, pad_mode: str = "constant") -> float:
 
 def lsd_energy_scaled(ref, est, sr: int = 48000, *, low_fraction: float = 0.1, pad_mode: str = "constant") -> float:
     """ssr_eval LSD after matching the estimate's level in the lowest bins (AudioSR README 2025-06,
-    ``example/lsd_calculation_pitfall``; TRAINING.md §4.3).
+    ``example/lsd_calculation_pitfall``; docs/design.md §Energy-scaled LSD).
 
     The estimate's magnitude spectrogram is multiplied by ``mean(S_ref[:, :k]) / mean(S_est[:, :k])`` with
     ``k = int(F * low_fraction)`` (means over all frames; factor 1 when the estimate's low band is zero), then
@@ -322,13 +322,14 @@ def _db_ratio(num: float, den: float) -> float:
 
 
 def si_sdr(ref, est, *, zero_mean: bool = False) -> float:
-    """Scale-invariant SDR in dB (TRAINING.md §4.4): ``alpha = <est, ref> / ||ref||^2``,
+    """Scale-invariant SDR in dB (docs/design.md §SI-SDR and SNR): ``alpha = <est, ref> / ||ref||^2``,
     ``10 log10(||alpha ref||^2 / ||alpha ref - est||^2)``. Invariant to the estimate's gain (any non-zero
     factor). Higher is better; rarely meaningful for generative bandwidth extension (phase is not kept).
 
     Args:
       ref, est: [N] or [C, N] waveforms (any rate, the same for both).
-      zero_mean: remove each signal's mean first (Le Roux et al. 2019); off by default, as TRAINING.md writes it.
+      zero_mean: remove each signal's mean first (Le Roux et al. 2019); off by default, as
+        docs/design.md §SI-SDR and SNR writes it.
     Returns:
       dB, clipped to ``[-DB_LIMIT, DB_LIMIT]``: identical signals give +100, a silent estimate -100.
     Raises:

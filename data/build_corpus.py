@@ -38,7 +38,7 @@ TARGET_RMS_DB = -20.0
 PEAK_CEIL = 10 ** (-1.0 / 20)  # -1 dBFS
 DOMAIN_SHARE = {"music": 0.45, "speech": 0.30, "effects": 0.25}
 
-# FluidR3_GM programs whose rendered spectrum reaches >= 17 kHz (measured, see DATA_SOURCES.md).
+# FluidR3_GM programs whose rendered spectrum reaches >= 17 kHz (measured, see docs/design.md §Corpus sources).
 BRIGHT_PROGRAMS = (6, 9, 10, 14, 19, 20, 21, 23, 25, 27, 29, 30, 34, 36, 37, 40, 41, 42, 43, 54, 55, 62, 81,
                    88, 91, 93, 94, 105, 106, 107, 108, 109, 110, 114)
 BASS_PROGRAMS = (34, 36, 37, 42, 43)  # bright programs that sit well in the bass register

@@ -36,7 +36,7 @@ def _leaves(tree, prefix=""):
 
 def test_full_inference_subset_matches_reference_counts():
     shapes = torch_shapes(VAEConfig(), UNetConfig(), VocoderConfig())
-    # AUDIOSR.md §1.11: 1,614 keys / 672,015,547 elements incl. scale_factor and 3 schedule buffers of 1000.
+    # docs/design.md §Parameter counts: 1,614 keys / 672,015,547 elements incl. scale_factor and 3 schedule buffers of 1000.
     assert len(shapes) == 1614 - 4
     assert sum(int(np.prod(s)) for s in shapes.values()) == 672_015_547 - 1 - 3000
     assert shapes["first_stage_model.vocoder.conv_pre.weight"] == (1536, 256, 7)

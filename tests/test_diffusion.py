@@ -20,7 +20,7 @@ from audiosr_jax.diffusion.schedules import cosine_alphas_cumprod, make_alphas_c
 
 def test_cosine_schedule_matches_reference_values():
     ac = cosine_alphas_cumprod()
-    # Values measured on the reference (AUDIOSR.md §1.6).
+    # Values measured on the reference (docs/design.md §Noise schedule).
     assert ac[0] == pytest.approx(0.9999587, abs=1e-7)
     assert ac[1] == pytest.approx(0.9999126, abs=1e-7)
     assert ac[501] == pytest.approx(0.490727, abs=1e-6)

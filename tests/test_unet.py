@@ -57,7 +57,7 @@ def test_full_size_param_count_and_breakdown(full_shapes):
     assert len(sts) == 32 and _count(sts) == 155_288_320
     assert len(res) == 22 and _count(res) == 94_852_608
     assert _count(full_shapes["time_embed_0"]) + _count(full_shapes["time_embed_2"]) == 328_704
-    # Table of §1.5: heads × 32 at every attention level, inner width = channels.
+    # Table of docs/design.md §UNet: heads × 32 at every attention level, inner width = channels.
     assert full_shapes["input_blocks_4_1"]["transformer_blocks_0"]["attn1"]["to_q"]["kernel"].shape == (256, 256)
     assert full_shapes["middle_block_2"]["transformer_blocks_0"]["ff"]["net_0"]["proj"]["kernel"].shape == (640, 5120)
     assert full_shapes["output_blocks_0_0"]["in_layers_2"]["kernel"].shape == (3, 3, 1280, 640)
@@ -70,7 +70,7 @@ def test_reduced_param_count(reduced_shapes):
 
 
 def test_torch_key_count_full():
-    # 1,104 `model.diffusion_model.*` keys in the released checkpoint (AUDIOSR.md §2).
+    # 1,104 `model.diffusion_model.*` keys in the released checkpoint (docs/design.md §Checkpoint format).
     shapes = cu.torch_shapes(UNetConfig())
     assert len(shapes) == 1104 == len(expected_keys(cu.rules(UNetConfig())))
     assert sum(int(np.prod(s)) for s in shapes.values()) == 258_195_088

@@ -66,7 +66,7 @@ def _synthetic(cfg: VocoderConfig, seed: int = 0) -> tuple[dict, dict]:
 
 def test_full_size_param_count_and_breakdown():
     params = conv.param_shapes(FULL)
-    assert _count(params) == 190_281_889  # AUDIOSR.md §1.11
+    assert _count(params) == 190_281_889  # docs/design.md §Parameter counts
     assert _count(params["conv_pre"]) == 2_754_048
     assert [_count(params[f"ups_{i}"]) for i in range(5)] == [14_156_544, 2_949_504, 590_016, 73_824, 18_480]
     per_level = [sum(_count(params[f"resblocks_{4 * i + j}"]) for j in range(4)) for i in range(5)]
@@ -81,7 +81,7 @@ def test_full_size_param_count_and_breakdown():
 
 
 def test_reduced_and_tiny_param_counts():
-    assert _count(conv.param_shapes(VocoderConfig.reduced())) == 441_821  # "0.44 M" in AUDIOSR.md §3.4
+    assert _count(conv.param_shapes(VocoderConfig.reduced())) == 441_821  # "0.44 M" in docs/design.md §Reduced width
     assert _count(conv.param_shapes(VocoderConfig.tiny())) == 85_967
 
 

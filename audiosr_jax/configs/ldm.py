@@ -1,4 +1,4 @@
-"""Stage ldm: the latent-diffusion UNet (AUDIOSR.md / TRAINING.md §1.4).
+"""Stage ldm: the latent-diffusion UNet (docs/design.md §UNet, §LDM training).
 
   python train.py --config=audiosr_jax/configs/ldm.py:full --workdir=runs/ldm --config.ldm.vae_from=runs/vae \
       --config.data.dataset_dir=out/tfds/audio_segments/seg10240ms_pad_mix/1.0.0

@@ -1,4 +1,4 @@
-"""Stage vae: the mel VAE (AutoencoderKL) with AudioLDM's L1 + KL + PatchGAN objective (TRAINING.md §1.3).
+"""Stage vae: the mel VAE (AutoencoderKL) with AudioLDM's L1 + KL + PatchGAN objective (docs/design.md §VAE training).
 
   python train.py --config=audiosr_jax/configs/vae.py:full --workdir=runs/vae \
       --config.data.dataset_dir=out/tfds/audio_segments/seg10240ms_pad_mix/1.0.0

@@ -1,4 +1,5 @@
-"""Stage vocoder: the 48 kHz HiFi-GAN generator with MPD + MSD + MRD discriminators (TRAINING.md §1.5).
+"""Stage vocoder: the 48 kHz HiFi-GAN generator with MPD + MSD + MRD discriminators
+(docs/design.md §Vocoder training).
 
   python train.py --config=audiosr_jax/configs/vocoder.py:full --workdir=runs/vocoder \
       --config.data.dataset_dir=out/tfds/audio_segments/seg10240ms_pad_mix/1.0.0

@@ -32,7 +32,7 @@ UNET = "model.diffusion_model."
 VAE = "first_stage_model."
 VOCODER = "vocoder."  # inside VAE
 COND_VAE = "cond_stage_models.0.vae."
-# Present in the release, unused by inference (AUDIOSR.md §2).
+# Present in the release, unused by inference (docs/design.md §Checkpoint format).
 IGNORED_PREFIXES = ("model_ema.", "clap.", "cond_stage_models.0.vae.decoder.", "cond_stage_models.0.vae.vocoder.",
                     "cond_stage_models.0.vae.post_quant_conv.")
 SCHEDULE_BUFFERS = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",

@@ -26,12 +26,12 @@ deterministic, resumable and the same for any number of worker processes)::
   and restored by :meth:`Loader.restore_args`; the next batch after a restore equals the uninterrupted
   run's. A state restores only into a loader with the same config and worker count (and process count).
 
-Why grain and not tf.data (measured, JAX_STACK.md, 2 cores, no TF): reading the TFDS ArrayRecord source with
-random crops, batch 4, in-process, grain gave 1342–1539 clips/s vs tf.data 918–1022 clips/s (~1.5x), and
-tf.data needs TensorFlow (1.4 GB install, 4.3 s import in every process that touches it, including loader
-workers), which is not a dependency; ``builder.as_dataset()`` cannot even read ArrayRecord. grain also gives
-per-host sharding, index-based deterministic randomness and a checkpointable iterator state that orbax
-saves in the same step as the model.
+Why grain and not tf.data (measured, docs/design.md §Data pipeline, 2 cores, no TF): reading the TFDS
+ArrayRecord source with random crops, batch 4, in-process, grain gave 1342–1539 clips/s vs tf.data 918–1022
+clips/s (~1.5x), and tf.data needs TensorFlow (1.4 GB install, 4.3 s import in every process that touches it,
+including loader workers), which is not a dependency; ``builder.as_dataset()`` cannot even read ArrayRecord.
+grain also gives per-host sharding, index-based deterministic randomness and a checkpointable iterator state
+that orbax saves in the same step as the model.
 
 Crops: ``crop_samples`` from a segment of ``N`` samples with ``V = valid_samples`` real (non-padding)
 samples: the offset is uniform over the positions where the crop holds at least

@@ -36,7 +36,7 @@ __all__ = ["Noise", "SamplingOptions", "SAMPLERS", "item_keys", "draw_noise", "l
            "generate", "super_resolve_windows", "super_resolve_windows_low_memory", "super_resolve",
            "super_resolve_waveform", "UNCONDITIONAL_LATENT"]
 
-# The "unconditional" condition: a constant latent (AUDIOSR.md §1.4), scaled like a real one.
+# The "unconditional" condition: a constant latent (docs/design.md §Conditioning), scaled like a real one.
 UNCONDITIONAL_LATENT = -11.4981
 
 

@@ -62,7 +62,7 @@ class VocoderConfig:
 
     @classmethod
     def reduced(cls) -> "VocoderConfig":
-        """The parity-test width of AUDIOSR.md §3.4: channels 64/32/16/8/4/2 (441,821 params)."""
+        """The parity-test width of docs/design.md §Reduced width: channels 64/32/16/8/4/2 (441,821 params)."""
         return cls(upsample_initial_channel=64)
 
     @classmethod

@@ -1,8 +1,9 @@
 """Discriminators for the GAN terms of the VAE (PatchGAN on the mel) and vocoder (MPD + MSD + MRD) stages.
 
-The reference release ships no discriminator code or weights (TRAINING.md §1.3, §1.5), so these follow the
-published designs: HiFi-GAN's multi-period (MPD) and multi-scale (MSD) discriminators, UnivNet's
-multi-resolution spectrogram discriminator (MRD), and taming-transformers' `NLayerDiscriminator` (PatchGAN).
+The reference release ships no discriminator code or weights (docs/design.md §VAE training, §Vocoder training),
+so these follow the published designs: HiFi-GAN's multi-period (MPD) and multi-scale (MSD) discriminators,
+UnivNet's multi-resolution spectrogram discriminator (MRD), and taming-transformers' `NLayerDiscriminator`
+(PatchGAN).
 
 Conventions:
   * flax.linen, channels last (NWC / NHWC), `dtype` is the compute dtype, params are float32.

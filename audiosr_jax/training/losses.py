@@ -1,9 +1,10 @@
 """Losses of the VAE and vocoder training stages (pure jnp; weights are applied by the caller).
 
-Vocoder (HiFi-GAN objective, TRAINING.md §1.5): LSGAN adversarial terms over every sub-discriminator,
-feature matching (HiFi-GAN weight 2) and L1 on the 48 kHz log-mel (HiFi-GAN weight 45).
-VAE (AudioLDM `LPIPSWithDiscriminator`, §1.3): the L1 reconstruction NLL with a learned scalar log-variance,
-the KL to N(0, I), and a PatchGAN hinge term weighted adaptively and switched on after `disc_start`.
+Vocoder (HiFi-GAN objective, docs/design.md §Vocoder training): LSGAN adversarial terms over every
+sub-discriminator, feature matching (HiFi-GAN weight 2) and L1 on the 48 kHz log-mel (HiFi-GAN weight 45).
+VAE (AudioLDM `LPIPSWithDiscriminator`, docs/design.md §VAE training): the L1 reconstruction NLL with a
+learned scalar log-variance, the KL to N(0, I), and a PatchGAN hinge term weighted adaptively and switched
+on after `disc_start`.
 
 All reductions are in float32 whatever the compute dtype of the inputs.
 """

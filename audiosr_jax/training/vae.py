@@ -1,5 +1,5 @@
 """Stage ``vae``: the mel VAE (AutoencoderKL) with AudioLDM's ``LPIPSWithDiscriminator`` objective
-(TRAINING.md §1.3).
+(docs/design.md §VAE training).
 
 Per example (48 kHz waveform crops from the loader): normalise as the reference does (remove the mean,
 peak 0.5, ``ldm.normalize_pair``), log-mel -> x [B, T, 256, 1]; encode, draw a posterior sample, decode

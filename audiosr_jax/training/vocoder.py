@@ -1,5 +1,5 @@
 """Stage ``vocoder``: the 48 kHz HiFi-GAN generator with the HiFi-GAN objective plus UnivNet's MRD
-(TRAINING.md §1.5).
+(docs/design.md §Vocoder training).
 
 Per example: a waveform crop w [B, N] (N = ``data.crop_samples``, a multiple of 480; 15,360 = 0.32 s as
 AudioSR's vocoder config), optionally normalised like the other stages (``vocoder_train.normalize``); its

@@ -3,7 +3,8 @@
 #
 #   bash tools/reference/build_venv.sh            # creates /work/main/.refenv (or $REFENV)
 #
-# Idempotent: an existing venv is reused and every step is re-checked. The recipe is AUDIOSR.md §3:
+# Idempotent: an existing venv is reused and every step is re-checked. The recipe is
+# docs/design.md §Reference environment:
 # the reference pins numpy<=1.23.5 and librosa==0.9.2, so it cannot share the JAX venv.
 set -euo pipefail
 

@@ -1,4 +1,5 @@
-"""Offline patches for running AudioSR 0.0.7 on a CPU-only machine without network access (AUDIOSR.md §3).
+"""Offline patches for running AudioSR 0.0.7 on a CPU-only machine without network access (docs/design.md
+§Reference environment).
 
 Import this module before anything from `audiosr`:
 

@@ -4,7 +4,7 @@
     model, shapes, weights = rm.build_reference_model("reduced")   # or "full"
 
 * The model is built directly from `audiosr.utils.get_basic_config()` (never `build_model`, which downloads).
-* width "reduced" (AUDIOSR.md §3.4): VAE ch 128 -> 32 (both VAEs), UNet model_channels 128 -> 32, vocoder
+* width "reduced" (docs/design.md §Reduced width): VAE ch 128 -> 32 (both VAEs), UNet model_channels 128 -> 32, vocoder
   upsample_initial_channel 1536 -> 64; "full" is the released architecture.
 * CLAP (built in `DDPM.__init__`, unused for super-resolution) is replaced by an empty module.
 * Every nn.Parameter under `first_stage_model.` and `model.diffusion_model.` is set from
