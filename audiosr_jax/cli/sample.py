@@ -59,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "--batch-size amortises the reads)")
     p.add_argument("--overwrite", action="store_true", help="redo outputs that exist")
     p.add_argument("--report", help="report path (.json or .csv); default OUTPUT/report.json for folders")
-    p.add_argument("--multihost", action="store_true", help="jax.distributed.initialize(); each host takes its share")
+    p.add_argument("--multihost", action="store_true", help="join a multi-process job (pod, SLURM, or python -m audiosr_jax.launch); each process takes its share")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     args.inputs = args.inputs + args.input_audio_file + ["@" + f for f in args.input_file_list]
@@ -107,7 +107,9 @@ def main(argv=None) -> int:
         from audiosr_jax.inference.inputs import shard_for_host
 
         if args.multihost:
-            jax.distributed.initialize()
+            from audiosr_jax.runtime import initialize_distributed
+
+            initialize_distributed()  # a pod / SLURM job, or `python -m audiosr_jax.launch`
             plan = dataclasses.replace(plan, jobs=shard_for_host(plan.jobs, jax.process_index(), jax.process_count()))
         if args.devices > jax.local_device_count():
             raise UserError(f"--devices {args.devices}: this process has {jax.local_device_count()} local devices")

@@ -16,7 +16,7 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "stage config file (audiosr_jax/configs/ldm.py, vae.py, vocoder.py)")
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory: checkpoints, TensorBoard logs, config")
-_MULTIHOST = flags.DEFINE_bool("multihost", False, "call jax.distributed.initialize() (pod slice / SLURM)")
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "join a multi-process job (pod slice, SLURM, or python -m audiosr_jax.launch)")
 _STOP_AFTER = flags.DEFINE_integer("stop_after", None, "stop (with a checkpoint) after this many steps")
 
 
@@ -24,11 +24,17 @@ def _main(argv):
     del argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
-    import jax
+
+    from audiosr_jax.errors import UserError
 
     if _MULTIHOST.value:
-        jax.distributed.initialize()
-    from audiosr_jax.errors import UserError
+        from audiosr_jax.runtime import initialize_distributed
+
+        try:
+            initialize_distributed()  # a pod / SLURM job, or `python -m audiosr_jax.launch`
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     from audiosr_jax.training.loop import train
 
     config = _CONFIG.value
