@@ -23,7 +23,7 @@ filter, so that one model learns every input bandwidth (docs/design.md §Input l
   mel anyway; the same gain at the 1025 STFT bins times that magnitude STFT gives the condition mel with
   no extra FFT (no length-N rfft/irfft, no second STFT). Accuracy: see that function.
 
-Design notes (filter designs are ``lowpass._design``, the reference's):
+Design notes (filter designs are ``filters.design``, the reference's):
 
 * ``cheby2(order, 60 dB, Wn)`` puts ``Wn`` at the *stop-band edge*: at low orders the pass band collapses
   (order 2: -3 dB at ~cutoff/20; order 4: ~cutoff/3; order 8: ~0.67·cutoff; order 10: ~0.8·cutoff).
@@ -58,7 +58,7 @@ import numpy as np
 from scipy import signal
 
 from audiosr_jax import audio
-from audiosr_jax.inference.lowpass import _design, lowpass_filter
+from audiosr_jax.filters import design, lowpass_filter
 
 FAMILIES = ("butter", "cheby1", "cheby2", "ellip", "bessel")
 CUTOFF_DISTRIBUTIONS = ("uniform", "log")
@@ -180,7 +180,7 @@ def filter_response_sq(spec: LowpassSpec, n_fft: int, sr: int = 48000) -> np.nda
     """
     hi = int(spec.cutoff_hz) / (0.5 * sr)
     order = int(min(max(spec.order, 2), 10))  # lowpass_filter's clamp
-    sos = _design(order, hi, spec.ftype)
+    sos = design(order, hi, spec.ftype)
     _, h = signal.sosfreqz(sos, worN=_rfft_freqs(n_fft, sr), fs=sr)
     return np.abs(h) ** 2
 
@@ -258,7 +258,7 @@ def chain_response(spec: LowpassSpec, n_fft: int, sr: int = 48000) -> np.ndarray
     if near.any():
         a_m[near] = np.interp(mirror[near], f, a)
         _, h = signal.sosfreqz(
-            _design(int(min(max(spec.order, 2), 10)), int(spec.cutoff_hz) / (0.5 * sr), spec.ftype),
+            design(int(min(max(spec.order, 2), 10)), int(spec.cutoff_hz) / (0.5 * sr), spec.ftype),
             worN=mirror[near],
             fs=sr,
         )
@@ -302,7 +302,7 @@ def response_params(specs, sr: int = 48000) -> dict:
     sos = np.tile(np.array([1, 0, 0, 1, 0, 0], np.float64), (len(specs), _MAX_SECTIONS, 1))
     fc, t_win, fs_d = [], [], []
     for b, spec in enumerate(specs):
-        s = _design(int(min(max(spec.order, 2), 10)), int(spec.cutoff_hz) / (0.5 * sr), spec.ftype)
+        s = design(int(min(max(spec.order, 2), 10)), int(spec.cutoff_hz) / (0.5 * sr), spec.ftype)
         sos[b, : len(s)] = s
         fs_down = _fs_down(spec, sr)
         g = math.gcd(fs_down, sr)

@@ -158,28 +158,28 @@ def test_reference_filter_type_follows_the_seed():
 def test_cached_resample_poly_is_bit_identical(up, down, dtype):
     from scipy import signal as sps
 
-    from audiosr_jax.inference import lowpass as L
+    from audiosr_jax import filters as F
 
     x = np.random.default_rng(up + down).standard_normal((2, 4801)).astype(dtype)
     for _ in range(2):  # design, then the cached filter
-        got = L._resample_poly(x, up, down)
+        got = F._resample_poly(x, up, down)
         ref = sps.resample_poly(x, up, down, axis=-1)
         assert got.dtype == ref.dtype and got.shape == ref.shape
         np.testing.assert_array_equal(got, ref)
     if up != down:
-        assert not L._resample_fir(max(up, down) // np.gcd(up, down)).flags.writeable
+        assert not F._resample_fir(max(up, down) // np.gcd(up, down)).flags.writeable
 
 
 def test_resample_filter_is_shared_by_both_directions():
-    from audiosr_jax.inference import lowpass as L
+    from audiosr_jax import filters as F
 
-    L._resample_fir.cache_clear()
+    F._resample_fir.cache_clear()
     x = np.random.default_rng(0).standard_normal(48000)
-    y = L.lowpass_filter(x, 8001.0)  # fs_down int(8001/24000*48000) = 16001 (rounds down), both ways
-    info = L._resample_fir.cache_info()
+    y = F.lowpass_filter(x, 8001.0)  # fs_down int(8001/24000*48000) = 16001 (rounds down), both ways
+    info = F._resample_fir.cache_info()
     assert (info.misses, info.hits) == (1, 1) and y.shape == x.shape
     # the whole chain against scipy's own filter design
-    sos = lp._design(8, 8001 / 24000, "ellip")
+    sos = F.design(8, 8001 / 24000, "ellip")
     ref = signal.sosfiltfilt(sos, x)
     fs_down = int(8001 / 24000 * 48000)
     ref = signal.resample_poly(signal.resample_poly(ref, fs_down, 48000), 48000, fs_down)[: x.shape[0]]
