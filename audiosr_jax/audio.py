@@ -232,8 +232,8 @@ def prepare_waveform(source, max_channels: int = 2) -> tuple[np.ndarray, dict]:
 
 
 @functools.lru_cache(maxsize=None)
-def _hann_periodic(n: int) -> np.ndarray:
-    # torch.hann_window(n) / scipy get_window("hann", n): periodic Hann
+def hann_periodic(n: int) -> np.ndarray:
+    """The periodic Hann window of length n (torch.hann_window(n), scipy get_window("hann", n)), float64 [n]."""
     w = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)
     w = w.astype(np.float32)
     w.flags.writeable = False
@@ -261,12 +261,13 @@ def frame_signal(x: jnp.ndarray, n_fft: int, hop: int, n_frames: int) -> jnp.nda
     return jnp.concatenate(parts, axis=-1)
 
 
-def _stft_mag_frames(wave: jnp.ndarray) -> jnp.ndarray:
-    # [..., N] float32 -> [..., N // HOP, 1025]: reflect pad, hop-aligned framing, Hann, rfft, |.|
+def stft_mag_frames(wave: jnp.ndarray) -> jnp.ndarray:
+    """[..., N] float32 at 48 kHz -> magnitude STFT [..., N // HOP, 1025]: reflect pad, hop-aligned framing,
+    periodic Hann, rfft, |.|."""
     n_frames = wave.shape[-1] // HOP  # ((n + 2*784) - 2048) // 480 + 1
     pad = [(0, 0)] * (wave.ndim - 1) + [(_STFT_PAD, _STFT_PAD)]
     padded = jnp.pad(wave, pad, mode="reflect")
-    frames = frame_signal(padded, N_FFT, HOP, n_frames) * jnp.asarray(_hann_periodic(N_FFT))
+    frames = frame_signal(padded, N_FFT, HOP, n_frames) * jnp.asarray(hann_periodic(N_FFT))
     return jnp.abs(jnp.fft.rfft(frames, n=N_FFT, axis=-1))
 
 
@@ -289,7 +290,7 @@ def stft_magnitude(wave: jnp.ndarray) -> jnp.ndarray:
     """
     wave = jnp.asarray(wave, jnp.float32)
     return jax.lax.platform_dependent(
-        wave, cpu=lambda w: _per_item(_stft_mag_frames, w), default=_stft_mag_frames
+        wave, cpu=lambda w: _per_item(stft_mag_frames, w), default=stft_mag_frames
     )
 
 
@@ -329,19 +330,23 @@ def _mel_blocks() -> tuple[tuple[int, int, np.ndarray], ...]:
     return tuple(blocks)
 
 
-def _mel_banded(mag: jnp.ndarray) -> jnp.ndarray:
-    # [..., 1025] -> [..., 256]: one small matmul per block of filters over its bin range
+def mel_banded(mag: jnp.ndarray) -> jnp.ndarray:
+    """Mel projection [..., 1025] -> [..., 256] as one small matmul per block of filters over its bin range
+    (the CPU path: far fewer FLOPs than the dense projection)."""
     hp = jax.lax.Precision.HIGHEST
     parts = [jnp.dot(mag[..., lo:hi], jnp.asarray(w), precision=hp) for lo, hi, w in _mel_blocks()]
     return jnp.concatenate(parts, axis=-1)
 
 
-def _mel_dense(mag: jnp.ndarray) -> jnp.ndarray:
+def mel_dense(mag: jnp.ndarray) -> jnp.ndarray:
+    """Mel projection [..., 1025] -> [..., 256] as one dense matmul (the accelerator path)."""
     # HIGHEST: keep the projection in true fp32 on GPU/TPU (default precision may use TF32 / bf16 passes)
     return jnp.einsum("...f,mf->...m", mag, jnp.asarray(mel_filterbank()), precision=jax.lax.Precision.HIGHEST)
 
 
-def _log_mel_from(mag: jnp.ndarray, project: Callable) -> tuple[jnp.ndarray, jnp.ndarray]:
+def log_mel_from(mag: jnp.ndarray, project: Callable) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(log-mel [..., T, 256] with the reference's floor, the first 1024 STFT bins [..., T, 1024]) from a
+    magnitude STFT [..., T, 1025]; `project` is `mel_banded` or `mel_dense`."""
     log_mel = jnp.log(jnp.maximum(project(mag), LOG_FLOOR))
     return log_mel, mag[..., : N_FFT // 2]
 
@@ -360,10 +365,10 @@ def log_mel_spectrogram(wave: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
 
     def cpu(w):
         # per item, with the banded projection (the same sums less the zero terms; within ~5e-7 relative)
-        return _per_item(lambda x: _log_mel_from(_stft_mag_frames(x), _mel_banded), w)
+        return _per_item(lambda x: log_mel_from(stft_mag_frames(x), mel_banded), w)
 
     def default(w):
-        return _log_mel_from(_stft_mag_frames(w), _mel_dense)
+        return log_mel_from(stft_mag_frames(w), mel_dense)
 
     return jax.lax.platform_dependent(wave, cpu=cpu, default=default)
 

@@ -394,7 +394,7 @@ def stft_gain(params: dict, sr: int = 48000) -> jnp.ndarray:
 
 def _cond_log_mel(mag: jnp.ndarray, gain: jnp.ndarray, project) -> jnp.ndarray:
     # mag [..., T, 1025] · gain [..., 1025] -> log-mel [..., T, 256]
-    return audio._log_mel_from(mag * gain[..., None, :], project)[0]
+    return audio.log_mel_from(mag * gain[..., None, :], project)[0]
 
 
 @functools.partial(jax.jit, static_argnames=("sr",))
@@ -414,8 +414,8 @@ def lowpassed_log_mel_from_stft(mag: jnp.ndarray, params: dict, sr: int = 48000)
     mag = jnp.asarray(mag, jnp.float32)
     return jax.lax.platform_dependent(
         mag, gain,
-        cpu=lambda m, g: jax.lax.map(lambda a: _cond_log_mel(a[0], a[1], audio._mel_banded), (m, g)),
-        default=lambda m, g: _cond_log_mel(m, g, audio._mel_dense),
+        cpu=lambda m, g: jax.lax.map(lambda a: _cond_log_mel(a[0], a[1], audio.mel_banded), (m, g)),
+        default=lambda m, g: _cond_log_mel(m, g, audio.mel_dense),
     )
 
 
@@ -460,12 +460,12 @@ def log_mels_with_condition(wave: jnp.ndarray, params: dict, sr: int = 48000) ->
     # CPU: per example (lax.map), its frames/spectra stay in cache (as audio.log_mel_spectrogram)
     return jax.lax.platform_dependent(
         wave, gain,
-        cpu=lambda w, g: jax.lax.map(lambda a: _target_and_condition(a[0], a[1], audio._mel_banded), (w, g)),
-        default=lambda w, g: _target_and_condition(w, g, audio._mel_dense),
+        cpu=lambda w, g: jax.lax.map(lambda a: _target_and_condition(a[0], a[1], audio.mel_banded), (w, g)),
+        default=lambda w, g: _target_and_condition(w, g, audio.mel_dense),
     )
 
 
 def _target_and_condition(wave, gain, project):
     # wave [..., N], gain [..., 1025] -> (target, condition) log-mels [..., N // 480, 256], one STFT
-    mag = audio._stft_mag_frames(wave)
-    return audio._log_mel_from(mag, project)[0], _cond_log_mel(mag, gain, project)
+    mag = audio.stft_mag_frames(wave)
+    return audio.log_mel_from(mag, project)[0], _cond_log_mel(mag, gain, project)

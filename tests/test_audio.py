@@ -260,8 +260,8 @@ def test_banded_mel_projection_equals_dense():
     assert sum(w.size for _, _, w in audio._mel_blocks()) < fb.size // 10
     mag = np.abs(np.random.default_rng(0).standard_normal((3, 7, 1025))).astype(np.float32)
     mag[0, 0] = 0.0
-    dense = np.asarray(audio._mel_dense(mag))
-    banded = np.asarray(audio._mel_banded(mag))
+    dense = np.asarray(audio.mel_dense(mag))
+    banded = np.asarray(audio.mel_banded(mag))
     assert np.array_equal(dense == 0, banded == 0)
     assert np.max(np.abs(banded - dense) / np.maximum(dense, 1e-30)) <= 1e-6
 
@@ -273,10 +273,10 @@ def test_cpu_per_item_path_equals_batched_form():
     n = audio.SEGMENT_SAMPLES
     wave = np.stack([_noise(n, 8), audio.pad_to_segments(_noise(n // 4, 9)), 1e-4 * _noise(n, 10)])
     mag = np.asarray(audio.stft_magnitude(wave))
-    np.testing.assert_array_equal(mag, np.asarray(jax.jit(audio._stft_mag_frames)(wave)))
+    np.testing.assert_array_equal(mag, np.asarray(jax.jit(audio.stft_mag_frames)(wave)))
     log_mel, stft = (np.asarray(v) for v in audio.log_mel_spectrogram(wave))
     ref_mel, ref_stft = (np.asarray(v) for v in jax.jit(
-        lambda w: audio._log_mel_from(audio._stft_mag_frames(w), audio._mel_dense))(wave))
+        lambda w: audio.log_mel_from(audio.stft_mag_frames(w), audio.mel_dense))(wave))
     np.testing.assert_array_equal(stft, ref_stft)
     # log of mels within 1e-6 relative of each other: |d log| <= 1e-6 plus one float32 ulp of the log
     assert np.max(np.abs(log_mel - ref_mel)) <= 1e-6 + 2e-6

@@ -155,7 +155,7 @@ def test_cpu_per_example_form_equals_the_batched_accelerator_form():
     params = D.response_params([D.LowpassSpec("cheby1", 5, 3000.0), D.LowpassSpec("bessel", 8, 7000.0),
                                 D.LowpassSpec("ellip", 10, 14000.0)])
     got = D.log_mels_with_condition(x, params)
-    ref = jax.jit(lambda w, g: D._target_and_condition(w, g, A._mel_dense))(x, D.stft_gain(params))
+    ref = jax.jit(lambda w, g: D._target_and_condition(w, g, A.mel_dense))(x, D.stft_gain(params))
     for a, b in zip(got, ref):
         assert a.shape == b.shape == (3, 10, 256)
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=2e-5)

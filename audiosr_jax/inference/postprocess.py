@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from audiosr_jax.audio import _hann_periodic, frame_signal
+from audiosr_jax.audio import hann_periodic, frame_signal
 
 CUTOFF_PERCENTILE = 0.985
 PP_N_FFT = 2048
@@ -80,7 +80,7 @@ def stft_librosa(x: jnp.ndarray) -> jnp.ndarray:
     n_frames = _n_frames(x.shape[-1])
     half = PP_N_FFT // 2
     padded = jnp.pad(x, ((0, 0), (half, half)))
-    frames = frame_signal(padded, PP_N_FFT, PP_HOP, n_frames) * jnp.asarray(_hann_periodic(PP_N_FFT))
+    frames = frame_signal(padded, PP_N_FFT, PP_HOP, n_frames) * jnp.asarray(hann_periodic(PP_N_FFT))
     return jnp.fft.rfft(frames, n=PP_N_FFT, axis=-1)
 
 
@@ -88,7 +88,7 @@ def stft_librosa(x: jnp.ndarray) -> jnp.ndarray:
 def _window_sumsquare(n_frames: int, length: int) -> np.ndarray:
     # librosa window_sumsquare, cropped by n_fft//2 as center=True does, fixed to `length`
     k = PP_N_FFT // PP_HOP
-    w2 = _hann_periodic(PP_N_FFT).astype(np.float64).reshape(k, PP_HOP) ** 2
+    w2 = hann_periodic(PP_N_FFT).astype(np.float64).reshape(k, PP_HOP) ** 2
     wss = np.zeros((n_frames + k - 1, PP_HOP), np.float64)
     for i in range(k):  # OLA of the squared window, block by block (hop divides n_fft)
         wss[i : i + n_frames] += w2[i]
@@ -110,7 +110,7 @@ def istft_librosa(spec: jnp.ndarray, length: int) -> jnp.ndarray:
     n_frames = min(spec.shape[-2], -(-(length + PP_N_FFT) // PP_HOP))
     spec = spec[:, :n_frames]
     frames = jnp.fft.irfft(spec, n=PP_N_FFT, axis=-1).astype(jnp.float32)
-    frames = frames * jnp.asarray(_hann_periodic(PP_N_FFT))
+    frames = frames * jnp.asarray(hann_periodic(PP_N_FFT))
     b = frames.shape[0]
     k = PP_N_FFT // PP_HOP
     # overlap-add: frame t, block i lands on output block t + i
