@@ -104,7 +104,7 @@ def unet_calls(setting: dict, timesteps: int) -> int:
 def _check_inputs(inputs: Path, references: Path, cutoffs: list[int]) -> None:
     """Simulated inputs of an earlier run must be of these references and cutoffs (else they would be scored
     against the wrong clips)."""
-    from audiosr_jax import evaluate as ev
+    from audiosr_jax import evaluation as ev
 
     m = json.loads((inputs / ev.MANIFEST).read_text())
     if (sorted(float(c) for c in m.get("cutoffs_hz", [])) != sorted(float(c) for c in cutoffs)

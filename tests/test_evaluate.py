@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audiosr_jax import evaluate as E
+from audiosr_jax import evaluation as E
+from audiosr_jax.cli.evaluate import main as evaluate_main
 from audiosr_jax.inference.lowpass import lowpass_filter
 
 SR = 48000
@@ -32,7 +33,7 @@ def refs(tmp_path):
 
 
 def _run(args, capsys):
-    rc = E.main([*map(str, args), "--no-progress"])
+    rc = evaluate_main([*map(str, args), "--no-progress"])
     out = capsys.readouterr()
     return rc, out.out, out.err
 

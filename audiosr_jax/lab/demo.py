@@ -13,9 +13,9 @@ demo resumes (training resumes from its last checkpoint):
    below (printed as the equivalent ``train.py`` command), the LDM on the frozen VAE of step 3.
 6. **export**: one inference checkpoint (``python -m audiosr_jax.training.export``), LDM weights from its EMA.
 7. **held-out test**: 5.12 s clips from the validation split, low-passed at 2, 4, 8 and 12 kHz (order-8
-   elliptic, as ``python -m audiosr_jax.evaluate --simulate``), super-resolved by ``sample.py`` (50 DDIM
+   elliptic, as ``python evaluate.py --simulate``), super-resolved by ``sample.py`` (50 DDIM
    steps, guidance 3.5, loudness matched to the input) and scored against the full-band clips
-   (``python -m audiosr_jax.evaluate``) with spectrogram PNGs (input / output / reference).
+   (``python evaluate.py``) with spectrogram PNGs (input / output / reference).
 
 The last table compares, per cutoff, the LSD of the outputs with the LSD of the low-passed inputs
 themselves (the baseline: doing nothing). The exit status is 0 only when the model beats the baseline at

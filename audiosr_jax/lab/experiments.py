@@ -119,7 +119,7 @@ def held_out_clips(dataset: Path, out: Path, count: int, seconds: float = CLIP_S
 
 def simulate_inputs(references: Path, inputs: Path, cutoffs_hz: Iterable[int] = CUTOFFS_HZ) -> None:
     """Low-pass every reference at every cutoff into ``inputs/lp<N>/`` (skipped when its manifest exists)."""
-    from audiosr_jax import evaluate as ev
+    from audiosr_jax import evaluation as ev
 
     if not (Path(inputs) / ev.MANIFEST).is_file():
         ev.simulate(str(references), str(inputs), [float(c) for c in cutoffs_hz])
@@ -144,8 +144,8 @@ def super_resolve(checkpoint: Path, inputs: Path, outputs: Path, *, steps: int =
 
 
 def score(outputs: Path, references: Path, inputs: Path, png_dir: Path | None = None) -> list[dict]:
-    """Per-file scores (``audiosr_jax.evaluate`` rows, with the low-passed input's own LSDs as the baseline)."""
-    from audiosr_jax import evaluate as ev
+    """Per-file scores (``audiosr_jax.evaluation`` rows, with the low-passed input's own LSDs as the baseline)."""
+    from audiosr_jax import evaluation as ev
 
     report = ev.evaluate(str(outputs), str(references), str(inputs), png_dir=str(png_dir) if png_dir else None)
     if report.problems:
