@@ -7,4 +7,4 @@ set -euo pipefail
 python -m pip install -q torch==2.13.0
 python -m pip install -q -e '.[test]'
 export JAX_PLATFORMS=cpu
-python -m pytest -q -n 2 tests "$@"
+python -m pytest -q -n 2 --durations=20 tests "$@"
