@@ -80,7 +80,7 @@ def test_resume_in_process_equals_uninterrupted(dataset, tiny_checkpoint_dir, un
 
 
 def _launch(dataset, vae_dir, workdir):
-    args = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "ldm.py") + ":tiny",
+    args = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "audiosr_jax" / "configs" / "ldm.py") + ":tiny",
             "--workdir", str(workdir), f"--config.ldm.vae_from={vae_dir}", f"--config.data.dataset_dir={dataset}",
             "--config.data.crop_samples=15360", f"--config.train.total_steps={STEPS}", "--config.train.batch_size=8",
             "--config.train.log_every=1", "--config.train.eval_every=0", "--config.train.save_every=2",
