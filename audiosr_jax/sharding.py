@@ -21,10 +21,20 @@ on ``fsdp`` (ZeRO-3-style parameter sharding: XLA all-gathers a layer's weights 
 reduce-scatters its gradient) and ``mlp``/``conv_out`` on ``tensor``. A dimension that the mesh axis does
 not divide stays replicated (small layers, odd channel counts), so the same config runs on 1 CPU, 8 fake
 CPUs and a pod. Optimizer moments and the EMA take their parameter's sharding.
+
+Grouped convolutions (``feature_group_count`` > 1, e.g. HiFi-GAN's MSD) are the exception to "activations
+follow the batch rule": XLA's SPMD partitioner (jax 0.10.2, GSPMD and Shardy alike) sums a grouped conv's
+kernel gradient over the replicas too when the batch is sharded on some mesh axes and replicated on others
+(batch on ``data``/``fsdp`` with ``tensor`` > 1: the gradient comes out ``tensor`` times too large, however
+the kernel itself is sharded). The training step therefore runs under :func:`grouped_convs_batch_sharded`,
+which pins every grouped conv's input and output to a batch sharded over *all* mesh axes (replicated if
+the batch does not divide), never over a subset.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -33,11 +43,13 @@ import jax
 import numpy as np
 import optax
 from flax import linen as nn
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from audiosr_jax.errors import UserError
 
 Rules = Sequence[tuple[str, Any]]
+log = logging.getLogger(__name__)
 
 
 class ShardingError(UserError):
@@ -139,3 +151,39 @@ def rules_from_config(rules: Any) -> tuple[tuple[str, Any], ...]:
     for k, v in items:
         out.append((str(k), tuple(v) if isinstance(v, (list, tuple)) else v))
     return tuple(out)
+
+
+def _groups(module: Any) -> int:
+    """A flax module's convolution group count (``groups`` or ``feature_group_count``; 1 if neither)."""
+    return max(int(getattr(module, "groups", 1) or 1), int(getattr(module, "feature_group_count", 1) or 1))
+
+
+@contextlib.contextmanager
+def grouped_convs_batch_sharded(mesh: Mesh):
+    """Context manager for tracing a step on ``mesh``: every grouped convolution module called inside it has
+    its input and output constrained to a leading (batch) dim sharded over all the mesh's axes, or
+    replicated if that dim does not divide by the mesh size (see the module doc: a batch sharded over only
+    some axes gets wrong kernel gradients). Other modules are untouched."""
+    everywhere = tuple(mesh.axis_names)
+    warned: set = set()
+
+    def pin(x):
+        if not hasattr(x, "ndim") or x.ndim == 0:
+            return x
+        if x.shape[0] % mesh.size:
+            if x.shape[0] not in warned:
+                warned.add(x.shape[0])
+                log.warning("grouped convolutions on a batch of %d, which does not divide over the %d devices, "
+                            "run replicated (correct, slower)", x.shape[0], mesh.size)
+            spec = P()
+        else:
+            spec = P(everywhere)
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+    def interceptor(next_fun, args, kwargs, context):
+        if context.method_name != "__call__" or _groups(context.module) <= 1 or not args:
+            return next_fun(*args, **kwargs)
+        return jax.tree.map(pin, next_fun(pin(args[0]), *args[1:], **kwargs))
+
+    with nn.intercept_methods(interceptor):
+        yield

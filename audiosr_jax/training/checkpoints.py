@@ -4,21 +4,30 @@ the config in one step directory.
 * async saves every ``save_every`` steps, the last ``keep`` kept; ``save(force=True)`` for SIGTERM / end;
 * nothing non-finite is written (checked before every save);
 * a workdir whose checkpoints were made with another model/stage config is refused (one line naming the
-  first differing field), never overwritten;
-* an unreadable latest step is moved aside (``<step>.corrupt``) with a warning and the previous one is
-  restored; orbax writes each step to a temporary directory and renames it when complete, so a kill -9
-  mid-save leaves the previous step intact.
+  first differing field), never overwritten; so is one whose saved state tree (structure, shapes, dtypes)
+  differs from this run's, e.g. after an optimizer setting changed (one line naming the first differing
+  leaf and config field);
+* nothing is ever set aside unless it is proven damaged: a step whose restore fails is re-read with its own
+  saved metadata (no target, no sharding); only if that fails with a data error (garbled, truncated or
+  missing file) is it moved aside (``<step>.corrupt``, with a warning) and the previous one restored. Any
+  other failure (I/O error, permissions, memory, a restore that fails on intact data) stops with one line
+  and leaves every checkpoint as it was. Orbax writes each step to a temporary directory and renames it
+  when complete, so a kill -9 mid-save leaves the previous step intact.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import re
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from audiosr_jax.errors import CheckpointError
 from audiosr_jax.training import state as st
@@ -26,6 +35,12 @@ from audiosr_jax.training import state as st
 log = logging.getLogger(__name__)
 
 IDENTITY_KEYS = ("stage", "model")  # config subtrees that must match to resume
+# absl/tensorstore status codes (anywhere in a message, as "CODE: ...") that describe the environment, not the
+# bytes on disk (EIO is UNAVAILABLE, EACCES PERMISSION_DENIED, ENOMEM/ENOSPC RESOURCE_EXHAUSTED): never proof
+_ENVIRONMENT_STATUS = re.compile(r"(?<![A-Z_])(PERMISSION_DENIED|UNAVAILABLE|RESOURCE_EXHAUSTED|DEADLINE_EXCEEDED|"
+                                 r"CANCELLED|ABORTED|UNAUTHENTICATED|UNKNOWN|INTERNAL|UNIMPLEMENTED):")
+# which config subtrees decide which part of the state (to name the likely cause of a tree mismatch)
+_CAUSES = {"opt_state": ("optim",), "params": ("model", "stage"), "ema": ("model", "stage")}
 
 
 def _flatten(d: Any, prefix: str = "") -> dict:
@@ -37,17 +52,89 @@ def _flatten(d: Any, prefix: str = "") -> dict:
     return {prefix[:-1]: d}
 
 
-def config_difference(saved: dict, current: dict) -> str | None:
-    """First differing identity field between two config dicts, as 'key: saved vs current', else None."""
-    a = _flatten({k: saved.get(k) for k in IDENTITY_KEYS})
-    b = _flatten({k: current.get(k) for k in IDENTITY_KEYS})
+def config_differences(saved: dict, current: dict, keys: tuple[str, ...] | None = None) -> list[tuple[str, Any, Any]]:
+    """Every differing field (dotted key, saved value, current value) of two config dicts, sorted by key;
+    only under the top-level ``keys`` if given. Lists and tuples compare equal (JSON has no tuples)."""
+    if keys is not None:
+        saved, current = {k: saved.get(k) for k in keys}, {k: current.get(k) for k in keys}
+    a, b = _flatten(saved), _flatten(current)
+    out = []
     for key in sorted(set(a) | set(b)):
         va, vb = a.get(key), b.get(key)
         if isinstance(va, (list, tuple)) and isinstance(vb, (list, tuple)):
             va, vb = list(va), list(vb)
         if va != vb:
-            return f"{key} is {va!r} there and {vb!r} here"
-    return None
+            out.append((key, va, vb))
+    return out
+
+
+def config_difference(saved: dict, current: dict) -> str | None:
+    """First differing identity field between two config dicts, as 'key is A there and B here', else None."""
+    diffs = config_differences(saved, current, IDENTITY_KEYS)
+    return f"{diffs[0][0]} is {diffs[0][1]!r} there and {diffs[0][2]!r} here" if diffs else None
+
+
+def _key_name(k: Any) -> str:
+    for attr in ("key", "idx", "name"):  # DictKey / FlattenedIndexKey, SequenceKey, GetAttrKey
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
+def tree_signature(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    """{"a/b/0/c": (shape, dtype name)} of every array leaf of a tree: a TrainState of arrays or
+    ShapeDtypeStructs, or orbax's saved metadata tree (namedtuples there are dicts and lists, which give the
+    same paths; empty nodes have no leaves in either)."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(_key_name(k) for k in path): (tuple(int(d) for d in getattr(x, "shape", ())),
+                                                   str(getattr(x, "dtype", type(x).__name__)))
+            for path, x in leaves}
+
+
+def tree_difference(saved: dict, current: dict) -> tuple[str, str, str] | None:
+    """First difference between two ``tree_signature``s (this run's order first) as (leaf path, kind
+    "shape"/"dtype"/"structure", detail), else None."""
+    for path, (shape, dtype) in current.items():
+        if path not in saved:
+            only_saved = next((p for p in saved if p not in current), None)
+            return path, "structure", f"{path} is not in the checkpoint" + (
+                f"; {only_saved} is only there" if only_saved else "")
+        s_shape, s_dtype = saved[path]
+        if s_shape != shape:
+            return path, "shape", f"{path}: saved {s_shape} vs {shape}"
+        if s_dtype != dtype:
+            return path, "dtype", f"{path}: saved {s_dtype} vs {dtype}"
+    extra = next((p for p in saved if p not in current), None)
+    return (extra, "structure", f"{extra} is in the checkpoint but not in this run") if extra else None
+
+
+def _chain(err: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    while err is not None and all(err is not e for e in out):
+        out.append(err)
+        err = err.__cause__ or err.__context__
+    return out
+
+
+def is_data_error(err: BaseException) -> bool:
+    """Whether ``err`` (from reading a checkpoint) shows bad bytes on disk (garbled, truncated, missing file),
+    i.e. can prove damage. An OSError other than ENOENT (EIO, EACCES, ENOSPC...), a MemoryError or a
+    tensorstore status describing the environment (PERMISSION_DENIED, UNAVAILABLE...) anywhere in the cause
+    chain never does; neither does an exception type that is not a decoding/lookup error (a bug)."""
+    for e in _chain(err):
+        if isinstance(e, MemoryError):
+            return False
+        if isinstance(e, OSError) and not (isinstance(e, FileNotFoundError) or e.errno == errno.ENOENT):
+            return False
+        if _ENVIRONMENT_STATUS.search(str(e)):
+            return False
+    return isinstance(err, (ValueError, KeyError, EOFError, FileNotFoundError)) or (
+        isinstance(err, OSError) and err.errno == errno.ENOENT)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0][:200]}" if text else type(err).__name__
 
 
 class Checkpointer:
@@ -64,46 +151,126 @@ class Checkpointer:
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
-    def _check_identity(self, step: int) -> None:
-        saved = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    def step_dir(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
+    # ------------------------------------------------------------------------------------------- reading
+
+    def saved_config(self, step: int) -> dict:
+        """The config JSON item saved with ``step``."""
+        return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
+    def saved_tree(self, step: int) -> Any:
+        """The saved state's orbax metadata tree (dicts/lists of ArrayMetadata: shapes and dtypes)."""
+        handler = ocp.StandardCheckpointHandler()
+        try:
+            return handler.metadata(epath.Path(self.step_dir(step)) / "state").tree
+        finally:
+            handler.close()
+
+    def verify(self, step: int) -> None:
+        """Integrity check of ``step`` on its own terms: read every array back with the step's own metadata
+        (host numpy: no target tree, no sharding, so no config or mesh can make it fail) and parse the data
+        iterator's JSON. Raises whatever reading raised; returns if the step's data is intact."""
+        tree = self.saved_tree(step)
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        with ocp.PyTreeCheckpointer() as reader:
+            reader.restore(epath.Path(self.step_dir(step)) / "state",
+                           args=ocp.args.PyTreeRestore(restore_args=restore_args))
+        it_dir = epath.Path(self.step_dir(step)) / "data_iter"
+        if it_dir.exists():
+            for f in it_dir.iterdir():
+                if f.name.endswith(".json"):
+                    json.loads(f.read_text())
+
+    def _refuse_other_config(self, saved: dict) -> None:
+        """CheckpointError if the saved config's identity fields (stage, model) differ from this run's."""
         diff = config_difference(saved, self.config)
         if diff:
             raise CheckpointError(f"{self.directory}: holds a checkpoint of another config ({diff}); "
                                   f"use another --workdir or the matching config")
 
+    def _refuse_other_tree(self, step: int, saved: dict, saved_tree: Any, abstract_state: Any) -> None:
+        """CheckpointError naming the first differing leaf and the likeliest differing config field if the
+        saved state's tree (structure, shapes, dtypes) is not this run's."""
+        found = tree_difference(tree_signature(saved_tree), tree_signature(abstract_state))
+        if found is None:
+            return
+        path, kind, detail = found
+        part = path.split("/", 1)[0]
+        what = {"opt_state": "optimizer state", "params": "parameters", "ema": "EMA parameters"}.get(part, "state")
+        diffs = config_differences(saved, self.config)
+        likely = [d for d in diffs if d[0].split(".", 1)[0] in _CAUSES.get(part, ())]
+        if diffs:
+            key, a, b = (likely or diffs)[0]
+            others = [d[0] for d in diffs if d[0] != key]
+            more = (f" (other differing fields: {', '.join(others[:3])}{', ...' if len(others) > 3 else ''})"
+                    if others else "")
+            why = f"it was saved with {key}={a!r} and this run has {key}={b!r}{more}"
+        else:
+            why = "its saved config equals this run's (the code changed?)"
+        raise CheckpointError(f"{self.step_dir(step)}: holds {what} of another {kind} ({detail}); {why}; "
+                              f"use another --workdir or the saved config")
+
+    def _unreadable(self, step: int, err: BaseException, doing: str) -> CheckpointError:
+        """The one-line error for a failure that does not prove damage (nothing was moved)."""
+        return CheckpointError(f"{self.step_dir(step)}: {doing} failed ({_first_line(err)}); that is no proof of "
+                               f"damage, so every checkpoint is left as it was: fix the cause and rerun (or move "
+                               f"this step aside to resume from an earlier one)")
+
     def _move_aside(self, step: int, err: BaseException) -> None:
-        path = os.path.join(self.directory, str(step))
-        log.warning("checkpoint %s is unreadable (%s: %s); moved to %s.corrupt, trying the previous one",
-                    path, type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "", path)
+        path = self.step_dir(step)
+        log.warning("checkpoint %s is unreadable (%s); moved to %s.corrupt, trying the previous one",
+                    path, _first_line(err), path)
         if jax.process_index() == 0 and os.path.exists(path):
             dest = path + ".corrupt"
             n = 1
             while os.path.exists(dest):
                 dest, n = f"{path}.corrupt{n}", n + 1
             os.replace(path, dest)
+        if jax.process_count() > 1:  # every process must see the rename before it lists the steps again
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"audiosr_jax: checkpoint {step} set aside")
         self.manager.reload()
 
     def restore(self, abstract_state: st.TrainState, data_iter: Any | None) -> tuple[st.TrainState | None, int | None]:
         """Latest readable (state, step), placed as ``abstract_state``'s shardings; (None, None) if there is
-        none. The data iterator (if given) is restored in place."""
+        none. The data iterator (if given) is restored in place. Raises CheckpointError (and changes nothing)
+        if a step holds another config or state tree, or cannot be read for a reason other than damage."""
         for step in reversed(self.steps()):
             try:
-                self._check_identity(step)
-            except CheckpointError:
-                raise
-            except Exception as err:  # unreadable config item: the step is broken
+                saved = self.saved_config(step)
+                saved_tree = self.saved_tree(step)
+            except Exception as err:  # unreadable config item or state metadata
+                if not is_data_error(err):
+                    raise self._unreadable(step, err, "reading its config and metadata") from err
                 self._move_aside(step, err)
                 continue
+            self._refuse_other_config(saved)
+            self._refuse_other_tree(step, saved, saved_tree, abstract_state)
             items = {"state": ocp.args.StandardRestore(abstract_state)}
             if data_iter is not None:
                 items["data_iter"] = data_iter.restore_args()
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(**items))
             except Exception as err:
-                self._move_aside(step, err)
-                continue
+                if not is_data_error(err):
+                    raise self._unreadable(step, err, "restoring it") from err
+                try:
+                    self.verify(step)
+                except Exception as damage:
+                    if not is_data_error(damage):
+                        raise self._unreadable(step, damage, "checking its integrity") from damage
+                    self._move_aside(step, damage)
+                    continue
+                raise CheckpointError(f"{self.step_dir(step)}: cannot be restored into this run "
+                                      f"({_first_line(err)}) although its data reads back intact: every "
+                                      f"checkpoint is left as it was; use another --workdir or the saved "
+                                      f"config") from err
             state = restored["state"]
             if not bool(st.all_finite(state.params, state.opt_state, state.ema)):
+                # saves refuse non-finite state, so non-finite values on disk are damage
                 self._move_aside(step, ValueError("non-finite values"))
                 continue
             return state, step

@@ -9,7 +9,6 @@ exactly where the interrupted one would have been.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import signal
@@ -20,7 +19,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from audiosr_jax import sharding as shd
 from audiosr_jax.errors import UserError
@@ -59,7 +59,7 @@ def make_optimizers(config: Any, groups, with_schedules: bool = False):
 
 class StepSetup(NamedTuple):
     """What a stage's train step needs, placed on a mesh: the stage, its optimizers and lr schedules, the
-    state's init function, key, abstract shape and shardings, and the frozen networks on the device."""
+    state's init function, key, abstract shape and shardings, the frozen networks on the device, the mesh."""
 
     stage: Any
     frozen_host: dict
@@ -71,6 +71,7 @@ class StepSetup(NamedTuple):
     state_sh: Any
     frozen: dict
     frozen_sh: dict
+    mesh: Any
 
 
 def prepare_step(config: Any, mesh, rules) -> StepSetup:
@@ -90,14 +91,32 @@ def prepare_step(config: Any, mesh, rules) -> StepSetup:
     frozen_specs = {k: (shd.param_specs(v, rules, mesh) if isinstance(v, dict) else P()) for k, v in frozen_host.items()}
     frozen_sh = shd.named(mesh, frozen_specs)
     frozen = jax.device_put(frozen_host, frozen_sh)
-    return StepSetup(stage, frozen_host, txs, lrs, init_fn, key, abstract, state_sh, frozen, frozen_sh)
+    return StepSetup(stage, frozen_host, txs, lrs, init_fn, key, abstract, state_sh, frozen, frozen_sh, mesh)
 
 
 def jit_train_step(setup: StepSetup, batch_sh) -> Callable:
-    """``stage.train_step`` jitted with the state, frozen and batch shardings; the state is donated."""
-    return jax.jit(functools.partial(setup.stage.train_step, txs=setup.txs),
-                   in_shardings=(setup.state_sh, setup.frozen_sh, batch_sh),
+    """``stage.train_step`` jitted with the state, frozen and batch shardings; the state is donated.
+
+    Traced under ``shd.grouped_convs_batch_sharded`` (grouped convs get wrong kernel gradients on a batch
+    sharded over only some mesh axes). The metrics gain "consecutive_skipped" (the state's counter after
+    the step): the host reads it from there, since the state itself is donated to the next step."""
+
+    def step(state, frozen, batch):
+        with shd.grouped_convs_batch_sharded(setup.mesh):
+            new, metrics = setup.stage.train_step(state, frozen, batch, txs=setup.txs)
+        return new, {**metrics, "consecutive_skipped": new.consecutive_skipped}
+
+    return jax.jit(step, in_shardings=(setup.state_sh, setup.frozen_sh, batch_sh),
                    out_shardings=(setup.state_sh, None), donate_argnums=(0,))
+
+
+def check_nonfinite_streak(step: int, consecutive: Any, limit: int) -> None:
+    """TrainingError (one line) if ``consecutive`` (the count of non-finite steps in a row up to ``step``)
+    reached ``limit`` (``train.max_consecutive_nonfinite``; <= 0: never stop)."""
+    n = int(consecutive)
+    if limit > 0 and n >= limit:
+        raise TrainingError(f"stopping at step {step}: {n} consecutive steps had a non-finite loss or gradient "
+                            f"(every one skipped; the last checkpoint is finite)")
 
 
 class _StopFlag:
@@ -161,7 +180,11 @@ def train(config: Any, workdir: str, *, train_iter: Any = None, eval_batches: An
     config_dict = config.to_dict()
     ckpt = Checkpointer(workdir, config_dict, save_every=int(tc.save_every), keep=int(tc.keep_checkpoints),
                         async_save=bool(tc.get("async_checkpoints", True)))
-    state, restored_step = ckpt.restore(abstract_sh, train_iter)
+    try:
+        state, restored_step = ckpt.restore(abstract_sh, train_iter)
+    except BaseException:
+        ckpt.close()
+        raise
     if state is None:
         state = jax.jit(setup.init_fn, out_shardings=state_sh)(key)
         init = initial_params(config)
@@ -214,15 +237,20 @@ def train(config: Any, workdir: str, *, train_iter: Any = None, eval_batches: An
     max_nan = int(tc.max_consecutive_nonfinite)
     batch, step = first, start
     window_t, window_steps = time.perf_counter(), 0
+    # (step, its "consecutive_skipped") of the previous step: read once the next step is queued, so checking
+    # every step costs no pipeline stall
+    pending = None
     try:
         with _StopFlag() as stop:
             while step < end:
                 state, metrics = compiled(state, frozen, batch)
                 step += 1
                 window_steps += 1
+                if pending is not None:
+                    check_nonfinite_streak(*pending, max_nan)
+                pending = (step, metrics["consecutive_skipped"])
                 if step % log_every == 0 or step == end:
                     host = _host(metrics)
-                    skipped = int(state.consecutive_skipped)
                     dt = (time.perf_counter() - window_t) / max(window_steps, 1)
                     host.update({
                         "steps_per_s": 1.0 / dt, "examples_per_s": tc.batch_size / dt,
@@ -238,9 +266,6 @@ def train(config: Any, workdir: str, *, train_iter: Any = None, eval_batches: An
                     last = {"step": step, **host}
                     if pbar:
                         pbar.set_postfix({k: f"{host[k]:.4g}" for k in ("loss", "grad_norm") if k in host})
-                    if skipped >= max_nan:
-                        raise TrainingError(f"stopping at step {step}: {skipped} consecutive steps had a non-finite "
-                                            f"loss or gradient (every one skipped; the last checkpoint is finite)")
                 if eval_every and (step % eval_every == 0 or step == end):
                     ev = evaluate(stage, state, frozen, eval_batches, key, writer, step)
                     last.update({f"eval/{k}": v for k, v in ev.items()})
@@ -252,6 +277,8 @@ def train(config: Any, workdir: str, *, train_iter: Any = None, eval_batches: An
                     break
                 if step < end:
                     batch = next(train_iter)
+            if pending is not None:
+                check_nonfinite_streak(*pending, max_nan)
     finally:
         if pbar:
             pbar.close()
