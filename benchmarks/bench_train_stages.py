@@ -51,8 +51,8 @@ from audiosr_jax import sharding as shd  # noqa: E402
 from audiosr_jax.training import state as st  # noqa: E402
 from audiosr_jax.training.discriminators import count_params  # noqa: E402
 from audiosr_jax.training.loop import _batch_shardings, jit_train_step, prepare_step  # noqa: E402
-from audiosr_jax.training.stages import architectures  # noqa: E402
 from audiosr_jax.training.summary import compiled_flops  # noqa: E402
+from audiosr_jax.training.weights import architectures  # noqa: E402
 
 STAGES = ("vae", "vocoder", "ldm")
 WIDTHS = ("tiny", "reduced", "full")

@@ -9,13 +9,21 @@ import numpy as np
 import optax
 import pytest
 
-from audiosr_jax.inference.checkpoint import load_weights
+from audiosr_jax.cli.export import main
 from audiosr_jax.diffusion.config import DiffusionConfig
 from audiosr_jax.errors import CheckpointError
-from audiosr_jax.inference.pipeline import SamplingOptions, draw_noise, generate, item_keys, latent_shape, num_sampler_steps
+from audiosr_jax.inference.checkpoint import load_weights
+from audiosr_jax.inference.pipeline import (
+    SamplingOptions,
+    draw_noise,
+    generate,
+    item_keys,
+    latent_shape,
+    num_sampler_steps,
+)
 from audiosr_jax.training import state as st
 from audiosr_jax.training.checkpoints import Checkpointer
-from audiosr_jax.training.export import _open_source, _scale_factor, export_weights, main
+from audiosr_jax.training.export import _open_source, _scale_factor, export_weights
 
 SCALE = 0.5
 # the LDM run's diffusion settings (config.ldm), which the export must carry into the inference checkpoint
@@ -233,7 +241,7 @@ def test_module_entry_point(workdirs, tmp_path):
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "audiosr_jax.training.export", "--vae", workdirs["vae"], "--ldm",
+    r = subprocess.run([sys.executable, "-m", "audiosr_jax.cli.export", "--vae", workdirs["vae"], "--ldm",
                         str(tmp_path / "absent"), "--vocoder", workdirs["vocoder"], "--out", str(tmp_path / "o")],
                        capture_output=True, text=True, timeout=120,
                        env=dict(os.environ, JAX_PLATFORMS="cpu"))

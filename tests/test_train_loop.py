@@ -24,7 +24,7 @@ from audiosr_jax.configs import ldm as ldm_config
 from audiosr_jax.errors import CheckpointError
 from audiosr_jax.sharding import ShardingError
 from audiosr_jax.training.loop import train
-from audiosr_jax.training.stages import read_trained_params
+from audiosr_jax.training.weights import read_trained_params
 
 ROOT = Path(__file__).resolve().parents[1]
 SLICE = ROOT / "tests" / "fixtures" / "corpus_slice"

@@ -18,7 +18,7 @@ from audiosr_jax.models.vae import AutoencoderKL
 from audiosr_jax.training import state as st
 from audiosr_jax.training.ldm import LDMStage
 from audiosr_jax.training.loop import make_optimizers, state_specs
-from audiosr_jax.training.stages import architectures
+from audiosr_jax.training.weights import architectures
 
 
 def _config(mesh):

@@ -15,12 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from audiosr_jax.configs import vae as vae_config
+from audiosr_jax.configs import vocoder as vocoder_config
 from audiosr_jax.training import state as st
 from audiosr_jax.training.discriminators import count_params
 from audiosr_jax.training.loop import make_optimizers
 from audiosr_jax.training.stages import build_stage
-from audiosr_jax.configs import vae as vae_config
-from audiosr_jax.configs import vocoder as vocoder_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SLICE = ROOT / "tests" / "fixtures" / "corpus_slice"
@@ -251,11 +251,11 @@ def test_vocoder_training_loop_two_steps(tmp_path):
 def test_ldm_step_with_stft_domain_lowpass():
     """data.lowpass = "device_stft": the step takes the loader's lowpass_params, gets both mels from one STFT
     (targets identical to the "device" mode's), and one step is finite and updates the UNet."""
+    from audiosr_jax.configs import ldm as ldm_config
     from audiosr_jax.degrade import LowpassSpec, response_params
     from audiosr_jax.models.vae import AutoencoderKL
     from audiosr_jax.training.ldm import LDMStage, pair_log_mels
-    from audiosr_jax.training.stages import architectures
-    from audiosr_jax.configs import ldm as ldm_config
+    from audiosr_jax.training.weights import architectures
 
     c = ldm_config.get_config("tiny")
     c.mesh = (("data", 1), ("fsdp", 1), ("tensor", 1))

@@ -24,6 +24,6 @@ def get_config(preset: str = "full") -> ml_collections.ConfigDict:
 
 def architectures(cfg: ml_collections.ConfigDict):
     """(VAEConfig, UNetConfig, VocoderConfig) from a config made by get_config (possibly overridden)."""
-    from audiosr_jax.training.stages import architectures as _architectures
+    from audiosr_jax.training.weights import architectures as _architectures
 
     return _architectures(cfg)

@@ -22,12 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from audiosr_jax import audio
-from audiosr_jax.inference import lowpass, postprocess
-from audiosr_jax.inference import progress
-from audiosr_jax.inference.checkpoint import AudioSRWeights, select_part
 from audiosr_jax.diffusion import sampling
 from audiosr_jax.diffusion.samplers import classifier_free_guidance
 from audiosr_jax.errors import AudioError
+from audiosr_jax.inference import lowpass, postprocess, progress
+from audiosr_jax.inference.checkpoint import AudioSRWeights, select_part
 from audiosr_jax.models.unet import UNetModel
 from audiosr_jax.models.vae import AutoencoderKL, posterior_sample
 from audiosr_jax.models.vocoder import HiFiGAN
@@ -112,7 +111,8 @@ def _encode_condition(enc_params, lowpass_mel, cond_eps, configs, options: Sampl
     return posterior_sample(mean, logvar, cond_eps)
 
 
-def _sample_latent(unet_params, scale_factor, cond, x_T, step_noise, configs, options: SamplingOptions):
+def _sample_latent(unet_params, scale_factor, cond, x_T, step_noise, configs, options: SamplingOptions,
+                   observe_unet=None):
     _, unet, _ = _networks(configs, options)
     diffusion = configs[3]
     uncond = jnp.full_like(cond, UNCONDITIONAL_LATENT)
@@ -121,7 +121,10 @@ def _sample_latent(unet_params, scale_factor, cond, x_T, step_noise, configs, op
         pred = unet.apply({"params": unet_params}, jnp.concatenate([x, c * scale_factor], axis=-1), t)
         if options.progress:
             jax.debug.callback(progress.tick, t[:1])  # unordered: the device does not wait for the host
-        return pred.astype(jnp.float32)
+        pred = pred.astype(jnp.float32)
+        if observe_unet is not None:
+            jax.debug.callback(observe_unet, t, pred)
+        return pred
 
     denoise = classifier_free_guidance(model, cond, uncond, options.guidance)  # in the model's parameterisation
     return sampling.sample(options.sampler, denoise, x_T, diffusion.alphas_cumprod(), options.steps,
@@ -139,17 +142,20 @@ def _vocode(voc_params, mel, lowpass_mel, configs, options: SamplingOptions):
     return mel_replaced, vocoder.apply({"params": voc_params}, mel_replaced)
 
 
-def _generate_body(params, scale_factor, lowpass_mel, noise: Noise, configs, options: SamplingOptions):
+def _generate_body(params, scale_factor, lowpass_mel, noise: Noise, configs, options: SamplingOptions,
+                   observe_unet=None):
     cond = _encode_condition(select_part(params, "cond_encoder"), lowpass_mel, noise.cond_eps, configs, options)
-    latent = _sample_latent(params["unet"], scale_factor, cond, noise.x_T, noise.steps, configs, options)
+    latent = _sample_latent(params["unet"], scale_factor, cond, noise.x_T, noise.steps, configs, options,
+                            observe_unet)
     mel = _decode_mel(select_part(params, "decoder"), scale_factor, latent, configs, options)
     mel_replaced, waveform = _vocode(params["vocoder"], mel, lowpass_mel, configs, options)
-    return {"latent": latent, "mel": mel, "mel_replaced": mel_replaced, "waveform": waveform}
+    return {"cond": cond, "latent": latent, "mel": mel, "mel_replaced": mel_replaced, "waveform": waveform}
 
 
-@functools.partial(jax.jit, static_argnames=("configs", "options"))
-def _generate(params, scale_factor, lowpass_mel, noise: Noise, *, configs, options: SamplingOptions):
-    return _generate_body(params, scale_factor, lowpass_mel, noise, configs, options)
+@functools.partial(jax.jit, static_argnames=("configs", "options", "observe_unet"))
+def _generate(params, scale_factor, lowpass_mel, noise: Noise, *, configs, options: SamplingOptions,
+              observe_unet=None):
+    return _generate_body(params, scale_factor, lowpass_mel, noise, configs, options, observe_unet)
 
 
 @functools.partial(jax.jit, static_argnames=("configs", "options", "replace_low_band"))
@@ -165,11 +171,17 @@ def _configs(weights: AudioSRWeights):
 
 
 def generate(weights: AudioSRWeights, lowpass_mel: jax.Array, noise: Noise,
-             options: SamplingOptions = SamplingOptions()) -> dict[str, jax.Array]:
-    """Condition mel [B, T, 256] (log-mel of the low-passed input) → dict of
-    latent [B, T/8, 32, 16], mel [B, T, 256] (decoded), mel_replaced [B, T, 256], waveform [B, 480·T+16]."""
+             options: SamplingOptions = SamplingOptions(), observe_unet=None) -> dict[str, jax.Array]:
+    """Condition mel [B, T, 256] (log-mel of the low-passed input) → dict of cond [B, T/8, 32, 16] (the
+    sampled condition latent, unscaled), latent [B, T/8, 32, 16], mel [B, T, 256] (decoded), mel_replaced
+    [B, T, 256], waveform [B, 480·T+16].
+
+    ``observe_unet(t, v)``, if given, is called on the host for every UNet call with its timesteps t [B'] and
+    output v [B', T/8, 32, 16] float32 (B' = 2B when guidance ≠ 1: the conditional half first), in no
+    guaranteed order; call ``jax.effects_barrier()`` before reading what it collected. For parity checks and
+    debugging; it is part of the compiled program's cache key (pass the same function to reuse it)."""
     return _generate(weights.params, jnp.float32(weights.scale_factor), lowpass_mel, noise,
-                     configs=_configs(weights), options=options)
+                     configs=_configs(weights), options=options, observe_unet=observe_unet)
 
 
 def super_resolve_windows(weights: AudioSRWeights, lowpassed: jax.Array, noise: Noise,

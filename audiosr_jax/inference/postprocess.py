@@ -135,6 +135,12 @@ def _stfts(wave_out, wave_lowpass):
     return s_x, stft_librosa(wave_out), k, m
 
 
+def stft_cutoff_bin(wave_out: jnp.ndarray, wave_lowpass: jnp.ndarray) -> jnp.ndarray:
+    """[B] int32: the STFT bin k (of 1025) below which `replace_low_stft` puts the low-passed input back, for
+    outputs ``wave_out`` [B, M] and low-passed inputs ``wave_lowpass`` [B, N] (48 kHz)."""
+    return _stfts(wave_out, wave_lowpass)[2]
+
+
 @jax.jit
 def low_band_energy(wave_out: jnp.ndarray, wave_lowpass: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     """(Σ_t |S_x[k, t]|, Σ_t |S_out[k, t]|), each [B]: the two sides of `replace_low_stft`'s energy ratio at

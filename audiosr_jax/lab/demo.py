@@ -11,7 +11,7 @@ demo resumes (training resumes from its last checkpoint):
    their path into train / validation, so held-out clips come from recordings never seen in training).
 3. **vae**, 4. **vocoder**, 5. **ldm**: ``train.py`` for each stage on the tiny preset with the overrides
    below (printed as the equivalent ``train.py`` command), the LDM on the frozen VAE of step 3.
-6. **export**: one inference checkpoint (``python -m audiosr_jax.training.export``), LDM weights from its EMA.
+6. **export**: one inference checkpoint (``python export.py``), LDM weights from its EMA.
 7. **held-out test**: 5.12 s clips from the validation split, low-passed at 2, 4, 8 and 12 kHz (order-8
    elliptic, as ``python evaluate.py --simulate``), super-resolved by ``sample.py`` (50 DDIM
    steps, guidance 3.5, loudness matched to the input) and scored against the full-band clips

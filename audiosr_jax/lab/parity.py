@@ -11,7 +11,6 @@ full-size model).
 
 from __future__ import annotations
 
-import functools
 import glob
 import json
 import os
@@ -24,15 +23,18 @@ import numpy as np
 import soundfile as sf
 
 from audiosr_jax import audio
-from audiosr_jax.inference import lowpass, pipeline, postprocess
-from audiosr_jax.inference.checkpoint import AudioSRWeights, select_part
 from audiosr_jax.convert.core import COND_VAE, VAE, convert_state_dict
-from audiosr_jax.diffusion.samplers import classifier_free_guidance
+from audiosr_jax.inference import lowpass, pipeline, postprocess
+from audiosr_jax.inference.checkpoint import AudioSRWeights
+from audiosr_jax.inference.pipeline import (
+    Noise,
+    SamplingOptions,
+    super_resolve_waveform,
+)
+from audiosr_jax.lab.synthetic import fingerprint, parity_clip, synthetic_state_dict
 from audiosr_jax.models.unet import UNetModel
 from audiosr_jax.models.vae import AutoencoderKL
 from audiosr_jax.models.vocoder import HiFiGAN
-from audiosr_jax.inference.pipeline import Noise, SamplingOptions, super_resolve_waveform
-from audiosr_jax.lab.synthetic import fingerprint, parity_clip, synthetic_state_dict
 
 __all__ = ["reference_state_dict", "reference_weights", "swap_encoders", "compare", "rel_err", "snr_db",
            "log_mel_float64", "LOUD_LOG_MEL"]
@@ -123,8 +125,7 @@ def swap_encoders(weights: AudioSRWeights) -> AudioSRWeights:
                           diffusion=weights.diffusion)
 
 
-# The UNet outputs of the pipeline's own DDIM run: `_generate_recording` traces `pipeline._generate_body` with
-# a `classifier_free_guidance` that also reports every network call (t, v) to the host, into `_UNET_CALLS`.
+# The UNet outputs of the pipeline's own DDIM run, reported by `pipeline.generate`'s observe_unet hook.
 _UNET_CALLS: list = []
 
 
@@ -132,35 +133,11 @@ def _record_unet_call(t, v):
     _UNET_CALLS.append((np.asarray(t), np.asarray(v)))
 
 
-def _recording_guidance(model, cond, uncond, scale):
-    def recording_model(x, t, c):
-        v = model(x, t, c)
-        jax.debug.callback(_record_unet_call, t, v)
-        return v
-
-    return classifier_free_guidance(recording_model, cond, uncond, scale)
-
-
-@functools.partial(jax.jit, static_argnames=("configs", "options"))
-def _generate_recording(params, scale_factor, lowpass_mel, noise: Noise, *, configs, options: SamplingOptions):
-    """`pipeline.generate` (same body) that also reports each UNet call; the patch is in place while tracing only."""
-    saved = pipeline.classifier_free_guidance
-    pipeline.classifier_free_guidance = _recording_guidance
-    try:
-        out = pipeline._generate_body(params, scale_factor, lowpass_mel, noise, configs, options)
-    finally:
-        pipeline.classifier_free_guidance = saved
-    cond = pipeline._encode_condition(select_part(params, "cond_encoder"), lowpass_mel, noise.cond_eps,
-                                      configs, options)
-    return dict(out, cond=cond)
-
-
 def _generate_with_unet_calls(weights: AudioSRWeights, lowpass_mel, noise: Noise, options: SamplingOptions):
     """generate()'s outputs plus "cond" (the sampled condition latent) and {(t, "cond"|"uncond"): v [B, ...]}."""
     _UNET_CALLS.clear()
-    out = _generate_recording(weights.params, jnp.float32(weights.scale_factor), lowpass_mel, noise,
-                              configs=pipeline._configs(weights), options=options)
-    out = jax.tree.map(np.asarray, out)
+    out = jax.tree.map(np.asarray, pipeline.generate(weights, lowpass_mel, noise, options,
+                                                     observe_unet=_record_unet_call))
     jax.effects_barrier()
     calls = {}
     for t, v in _UNET_CALLS:
@@ -174,8 +151,8 @@ def _generate_with_unet_calls(weights: AudioSRWeights, lowpass_mel, noise: Noise
 
 
 def _stft_cutoff_bin(wave_out, wave_lowpass) -> int:
-    """The cutoff row of `postprocess.replace_low_stft` (its own `_stfts`) for one item."""
-    return int(postprocess._stfts(jnp.asarray(wave_out)[None], jnp.asarray(wave_lowpass)[None])[2][0])
+    """The cutoff row of `postprocess.replace_low_stft` for one item."""
+    return int(postprocess.stft_cutoff_bin(jnp.asarray(wave_out)[None], jnp.asarray(wave_lowpass)[None])[0])
 
 
 def _log_mel_errors(ours, ref, wave) -> dict[str, float]:

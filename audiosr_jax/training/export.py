@@ -1,6 +1,6 @@
 """Training → inference: assemble the three trained networks into one inference checkpoint directory.
 
-    python -m audiosr_jax.training.export --vae WORKDIR --ldm WORKDIR --vocoder WORKDIR --out DIR
+    python export.py --vae WORKDIR --ldm WORKDIR --vocoder WORKDIR --out DIR
                                           [--no-ema] [--overwrite]
 
 Each source is either a training workdir (``python -m audiosr_jax.cli.train``; its latest checkpoint is
@@ -20,29 +20,32 @@ exported VAE's. The result is what ``sample.py --checkpoint DIR`` loads (``check
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import math
 import os
-import sys
 from typing import Any
 
 import jax
 import numpy as np
 
-from audiosr_jax.inference.checkpoint import AudioSRWeights, abstract_params, check_output_dir, save_weights
 from audiosr_jax.diffusion.config import DiffusionConfig
 from audiosr_jax.errors import CheckpointError
+from audiosr_jax.inference.checkpoint import (
+    AudioSRWeights,
+    abstract_params,
+    check_output_dir,
+    save_weights,
+)
+from audiosr_jax.training.stages import trained_by
 
-__all__ = ["export_weights", "main"]
+__all__ = ["export_weights"]
 
 log = logging.getLogger(__name__)
 
-# family -> (training stage that trains it, its parameter group there, command-line flag)
-_FAMILIES = {"vae": ("vae", "vae", "--vae"), "unet": ("ldm", "unet", "--ldm"),
-             "vocoder": ("vocoder", "generator", "--vocoder")}
+# network family -> the command-line flag that names its source
+_FLAGS = {"vae": "--vae", "unet": "--ldm", "vocoder": "--vocoder"}
 
 
 @dataclasses.dataclass
@@ -94,7 +97,8 @@ def _first_line(e: BaseException) -> str:
 def _open_source(path: str, family: str) -> _Source:
     """The architecture (and saved config) of ``path``'s ``family`` network, without its weights; one-line
     CheckpointError for a missing path, a workdir without checkpoints, or a workdir of another stage."""
-    stage, _, flag = _FAMILIES[family]
+    stage, _ = trained_by(family)
+    flag = _FLAGS[family]
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: no such directory (given as {flag})")
     arch_path = os.path.join(path, "architecture.json")
@@ -138,7 +142,8 @@ def _open_source(path: str, family: str) -> _Source:
 def _load_params(src: _Source, use_ema: bool, converted_cache: dict) -> None:
     """Fill ``src.params`` (host numpy): the converted directory's family, or the workdir's group from its
     latest checkpoint (EMA if ``use_ema`` and the run kept one)."""
-    _, group, flag = _FAMILIES[src.family]
+    _, group = trained_by(src.family)
+    flag = _FLAGS[src.family]
     if src.is_converted:
         from audiosr_jax.inference.checkpoint import load_weights
 
@@ -148,7 +153,7 @@ def _load_params(src: _Source, use_ema: bool, converted_cache: dict) -> None:
         src.converted = converted_cache[key]
         src.params = src.converted.params[src.family]
         return
-    from audiosr_jax.training.stages import read_trained_params
+    from audiosr_jax.training.weights import read_trained_params
 
     try:
         src.params, _ = read_trained_params(src.path, group, prefer_ema=use_ema)
@@ -184,7 +189,7 @@ def _as_scale(value) -> float:
 def _scale_factor(ldm: _Source) -> float:
     """The latent scale the UNet was trained with. An LDM run saves it as ``ldm.scale_factor`` when it
     measured it or was given it; a run whose ``ldm.vae_from`` was a converted directory (or a workdir with a
-    saved scale) used that one instead and kept 0 in its config (``stages.build_stage``): read it there."""
+    saved scale) used that one instead and kept 0 in its config (the LDM stage's ``from_config``): read it there."""
     if ldm.is_converted:
         sf = _as_scale(ldm.architecture.get("scale_factor"))
         if math.isnan(sf):
@@ -326,38 +331,3 @@ def export_weights(vae: str, ldm: str, vocoder: str, out: str, *, use_ema: bool 
     weights = AudioSRWeights(v.config, u.config, g.config, params, scale, source, diffusion)
     save_weights(weights, out_abs, overwrite=overwrite)
     return weights
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m audiosr_jax.training.export",
-        description="Assemble trained VAE, LDM and vocoder weights (training workdirs or converted AudioSR "
-                    "directories) into one inference checkpoint directory for sample.py --checkpoint.")
-    parser.add_argument("--vae", required=True, help="VAE-stage workdir or converted directory")
-    parser.add_argument("--ldm", required=True, help="LDM-stage workdir or converted directory (UNet + scale)")
-    parser.add_argument("--vocoder", required=True, help="vocoder-stage workdir or converted directory")
-    parser.add_argument("--out", required=True, help="inference checkpoint directory to create")
-    parser.add_argument("--no-ema", action="store_true", help="export the UNet's raw weights, not its EMA")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's notes on read-only checkpoint managers
-    from audiosr_jax.errors import UserError
-
-    try:
-        w = export_weights(args.vae, args.ldm, args.vocoder, args.out, use_ema=not args.no_ema,
-                           overwrite=args.overwrite)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    counts = {k: sum(int(np.size(x)) for x in jax.tree.leaves(p)) for k, p in w.params.items()}
-    print(f"wrote {args.out}: scale_factor={w.scale_factor:.6g}, "
-          + ", ".join(f"{k} {n:,} params" for k, n in counts.items()))
-    d = w.diffusion
-    print(f"diffusion: {d.schedule} {d.kwargs or ''} T={d.num_timesteps}, {d.parameterization}-prediction")
-    print(f"source: {w.source}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

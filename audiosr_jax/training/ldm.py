@@ -14,6 +14,8 @@ Shapes: batch "audio" [B, N] float32 48 kHz, N a multiple of 480 · 8 · 2^(UNet
 
 from __future__ import annotations
 
+import logging
+import math
 from typing import Any
 
 import jax
@@ -24,10 +26,13 @@ from audiosr_jax import audio
 from audiosr_jax.degrade import degrade_on_device, log_mels_with_condition
 from audiosr_jax.diffusion import objectives
 from audiosr_jax.diffusion.schedules import make_alphas_cumprod
+from audiosr_jax.errors import CheckpointError, UserError
+from audiosr_jax.inference.pipeline import UNCONDITIONAL_LATENT
 from audiosr_jax.models.unet import UNetConfig, UNetModel
 from audiosr_jax.models.vae import AutoencoderKL, VAEConfig, posterior_sample
-from audiosr_jax.inference.pipeline import UNCONDITIONAL_LATENT
 from audiosr_jax.training import state as st
+from audiosr_jax.training.stages import Stage
+from audiosr_jax.training.weights import architectures, check_architecture, load_group
 
 
 def normalize_pair(wave: jax.Array, low: jax.Array | None) -> tuple[jax.Array, jax.Array | None]:
@@ -68,13 +73,46 @@ def pair_log_mels(batch: dict, stft_lowpass: bool = False) -> jax.Array:
     low = lowpassed(batch, wave, low)
     return audio.log_mel_spectrogram(jnp.concatenate([wave, low], axis=0))[0]
 
+log = logging.getLogger(__name__)
 
-class LDMStage:
-    """The LDM stage: ``init`` -> trained params {"unet"}; ``train_step`` and ``eval_step`` are pure."""
+
+class LDMStage(Stage):
+    """The LDM stage: ``init`` -> trained params {"unet"}; ``train_step`` and ``eval_step`` are pure.
+
+    Frozen: {"vae": the ``ldm.vae_from`` VAE's params, "scale_factor": float32 (0 until ``prepare``)}."""
 
     name = "ldm"
     groups = ("unet",)
     ema_groups = ("unet",)
+    families = {"unet": "unet"}
+
+    @classmethod
+    def from_config(cls, config: Any) -> tuple["LDMStage", dict]:
+        """The stage and its frozen VAE (from ``ldm.vae_from``: a converted directory or a VAE workdir); the
+        scale is ``ldm.scale_factor`` if set, else the source's, else 0 (measured in ``prepare``)."""
+        if not config.ldm.vae_from:
+            raise CheckpointError("stage ldm needs a trained VAE: set --config.ldm.vae_from=DIR "
+                                  "(a converted AudioSR directory or a VAE training workdir)")
+        vae_cfg, unet_cfg, _ = architectures(config.model)
+        vae_params, info = load_group(config.ldm.vae_from, "vae")
+        check_architecture(config.ldm.vae_from, "vae", info["architecture"], config.model.vae.to_dict())
+        scale = float(config.ldm.scale_factor) if config.ldm.scale_factor > 0 else info["scale_factor"]
+        frozen = {"vae": vae_params, "scale_factor": np.float32(scale if scale else 0.0)}
+        return cls(config, vae_cfg, unet_cfg, jnp.dtype(config.train.compute_dtype)), frozen
+
+    def prepare(self, frozen: dict, batch: dict, key: jax.Array, saved_config: dict | None) -> tuple[dict, dict]:
+        """The latent scale actually used goes into the saved config (the workdir is then self-contained for
+        export and resume): the frozen one if set, else the resumed run's, else 1/std of this batch's latents."""
+        sf = float(frozen["scale_factor"])
+        if sf == 0:
+            sf = float(((saved_config or {}).get("ldm") or {}).get("scale_factor") or 0.0)
+        if sf <= 0:
+            sf = float(jax.jit(self.measure_scale_factor)(frozen["vae"], batch, key))
+            if not math.isfinite(sf) or sf <= 0:
+                raise UserError(f"cannot measure the latent scale factor (got {sf}); set "
+                                "--config.ldm.scale_factor")
+            log.info("measured latent scale factor %.4f (1/std of the first batch's latents)", sf)
+        return {"scale_factor": np.float32(sf)}, {"ldm": {"scale_factor": sf}}
 
     def __init__(self, config: Any, vae_cfg: VAEConfig, unet_cfg: UNetConfig, dtype=jnp.float32):
         c = config.ldm

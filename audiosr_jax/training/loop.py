@@ -10,7 +10,6 @@ exactly where the interrupted one would have been.
 from __future__ import annotations
 
 import logging
-import math
 import signal
 import threading
 import time
@@ -169,7 +168,7 @@ def train(config: Any, workdir: str, *, train_iter: Any = None, eval_batches: An
         raise shd.ShardingError(f"train.batch_size {tc.batch_size} / grad_accum {accum} does not divide over the "
                                 f"{shd.batch_axes_size(rules, mesh)} data-parallel shards")
     setup = prepare_step(config, mesh, rules)
-    stage, frozen_host, txs, lrs, key = setup.stage, setup.frozen_host, setup.txs, setup.lrs, setup.key
+    stage, txs, lrs, key = setup.stage, setup.txs, setup.lrs, setup.key
     state_sh, frozen, frozen_sh = setup.state_sh, setup.frozen, setup.frozen_sh
     if train_iter is None:
         train_iter = train_data.make_train_iterator(config, mesh, rules)
@@ -204,15 +203,11 @@ def train(config: Any, workdir: str, *, train_iter: Any = None, eval_batches: An
 
     first = next(train_iter)
     batch_sh = _batch_shardings(first, rules, mesh)
-    if getattr(stage, "needs_scale_factor", False) or (config.stage == "ldm" and float(frozen_host["scale_factor"]) == 0):
-        sf = _resolve_scale_factor(stage, ckpt, frozen, first, key, restored_step)
-        config_dict["ldm"]["scale_factor"] = sf
-        ckpt.config["ldm"]["scale_factor"] = sf
-        frozen["scale_factor"] = jax.device_put(np.float32(sf), frozen_sh["scale_factor"])
-    elif config.stage == "ldm":
-        # the scale actually used (e.g. taken from a converted vae_from) goes into the saved config, so the
-        # workdir is self-contained for export and resume
-        ckpt.config["ldm"]["scale_factor"] = float(frozen_host["scale_factor"])
+    saved = ckpt.saved_config(restored_step) if restored_step is not None else None
+    frozen_updates, config_updates = stage.prepare(frozen, first, key, saved)
+    for k, v in frozen_updates.items():
+        frozen[k] = jax.device_put(v, frozen_sh[k])
+    _merge_into(ckpt.config, config_updates)
 
     t0 = time.perf_counter()
     compiled = jit_train_step(setup, batch_sh).lower(state, frozen, first).compile()
@@ -288,20 +283,13 @@ def train(config: Any, workdir: str, *, train_iter: Any = None, eval_batches: An
     return last
 
 
-def _resolve_scale_factor(stage, ckpt: Checkpointer, frozen, batch, key, restored_step) -> float:
-    """The LDM latent scale: the value saved with the run if resuming, else 1/std(z) of the first batch."""
-    import orbax.checkpoint as ocp
-
-    if restored_step is not None:
-        saved = ckpt.manager.restore(restored_step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-        sf = float(saved.get("ldm", {}).get("scale_factor", 0.0))
-        if sf > 0:
-            return sf
-    sf = float(jax.jit(stage.measure_scale_factor)(frozen["vae"], batch, key))
-    if not math.isfinite(sf) or sf <= 0:
-        raise TrainingError(f"cannot measure the latent scale factor (got {sf}); set --config.ldm.scale_factor")
-    log.info("measured latent scale factor %.4f (1/std of the first batch's latents)", sf)
-    return sf
+def _merge_into(target: dict, updates: dict) -> None:
+    """Merge nested dict ``updates`` into ``target`` in place."""
+    for k, v in updates.items():
+        if isinstance(v, dict) and isinstance(target.get(k), dict):
+            _merge_into(target[k], v)
+        else:
+            target[k] = v
 
 
 def evaluate(stage, state, frozen, eval_batches, key, writer: SummaryWriter, step: int) -> dict:
@@ -316,7 +304,7 @@ def evaluate(stage, state, frozen, eval_batches, key, writer: SummaryWriter, ste
         for k, v in out.items():
             sums[k] = sums.get(k, 0.0) + v
         n += 1
-        if i == 0 and hasattr(stage, "preview"):
+        if i == 0:
             _write_previews(stage.preview(state, frozen, batch, key), writer, step)
     means = {k: v / max(n, 1) for k, v in sums.items()}
     writer.scalars(step, {f"eval/{k}": v for k, v in means.items()})

@@ -1,118 +1,90 @@
-"""Which stage a config trains, and the frozen networks and initial weights it needs.
+"""Training stages: the small Protocol every stage implements, and the registry that picks one by name.
 
-A stage object has ``name``, ``groups`` (trained parameter groups), ``ema_groups``, ``init(key, batch_shape)``,
-``train_step(state, frozen, batch, txs)``, ``eval_step(state, frozen, batch, key)`` and optionally
-``preview(state, frozen, batch, key)`` (mel images / audio for TensorBoard).
-
-Weights come from either a converted AudioSR directory (``python -m audiosr_jax.convert``: has
-``architecture.json``) or a training workdir of an earlier stage (its latest checkpoint, EMA if it has one).
+A stage is one module with one class implementing `Stage`; adding one is that module plus one line in
+`REGISTRY`. The loop (training/loop.py), fine-tuning (`initial_params`) and export (training/export.py)
+only talk to a stage through this Protocol, never by its name.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from typing import Any
+import importlib
+from typing import Any, ClassVar, Protocol
 
-import jax.numpy as jnp
-import numpy as np
-import orbax.checkpoint as ocp
+import jax
 
-from audiosr_jax.errors import CheckpointError
+from audiosr_jax.errors import UserError
+from audiosr_jax.training import state as st
+from audiosr_jax.training.weights import check_architecture, load_group
 
-
-def _tree_to_numpy(tree):
-    if isinstance(tree, dict):
-        return {k: _tree_to_numpy(v) for k, v in tree.items()}
-    return np.asarray(tree)
-
-
-def read_trained_params(workdir: str, group: str, prefer_ema: bool = True) -> tuple[dict, dict]:
-    """(params of ``group``, saved config dict) from a training workdir's latest checkpoint."""
-    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    if not os.path.isdir(directory):
-        raise CheckpointError(f"{workdir}: not a training workdir (no checkpoints/ folder)")
-    mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
-    step = mngr.latest_step()
-    if step is None:
-        raise CheckpointError(f"{workdir}: has no finished checkpoint")
-    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                          config=ocp.args.JsonRestore()))
-    st, cfg = restored["state"], restored["config"]
-    ema = st.get("ema") or {}
-    source = ema if prefer_ema and group in ema else st["params"]
-    if group not in source:
-        raise CheckpointError(f"{workdir}: checkpoint has no '{group}' parameters (stage {cfg.get('stage')})")
-    return _tree_to_numpy(source[group]), cfg
+# stage name -> "module:class"; imported only when that stage is built
+REGISTRY = {
+    "vae": "audiosr_jax.training.vae:VAEStage",
+    "vocoder": "audiosr_jax.training.vocoder:VocoderStage",
+    "ldm": "audiosr_jax.training.ldm:LDMStage",
+}
 
 
-def load_group(path: str, family: str, group: str | None = None) -> tuple[dict, dict]:
-    """Params of one network family ("vae", "unet", "vocoder") from a converted directory or a workdir.
+class Stage(Protocol):
+    """What the training loop needs from a stage. Every method is pure (jit-able) except ``from_config``,
+    ``prepare`` and ``preview``'s host use.
 
-    Returns (params, info) with info = {"scale_factor": float or None, "architecture": dict or None}.
+    ``groups``: the trained parameter groups (one optimizer each, ``config.optim[group]`` or ``config.optim``);
+    ``ema_groups``: those that keep an EMA copy; ``families``: {network family ("vae", "unet", "vocoder"):
+    the group holding it}, what fine-tuning (``train.init_from``) reads in and export writes out.
     """
-    if not os.path.exists(path):
-        raise CheckpointError(f"{path}: no such checkpoint directory")
-    if os.path.exists(os.path.join(path, "architecture.json")):
-        from audiosr_jax.inference.checkpoint import load_weights
 
-        w = load_weights(path)
-        with open(os.path.join(path, "architecture.json")) as f:
-            arch = json.load(f)
-        return _tree_to_numpy(w.params[family]), {"scale_factor": float(w.scale_factor), "architecture": arch[family]}
-    params, cfg = read_trained_params(path, group or family)
-    return params, {"scale_factor": cfg.get("ldm", {}).get("scale_factor"), "architecture": cfg["model"][family]}
+    name: ClassVar[str]
+    groups: ClassVar[tuple[str, ...]]
+    ema_groups: ClassVar[tuple[str, ...]]
+    families: ClassVar[dict[str, str]]
 
+    @classmethod
+    def from_config(cls, config: Any) -> tuple["Stage", dict]:
+        """(the stage for ``config``, its frozen networks as host numpy {name: params or scalar})."""
+        ...
 
-def check_architecture(path: str, family: str, saved: dict | None, current: dict) -> None:
-    """Refuse weights whose architecture differs from the config's (one line, first differing field)."""
-    if saved is None:
-        return
-    for k in sorted(set(saved) | set(current)):
-        a, b = saved.get(k), current.get(k)
-        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-            a, b = list(a), list(b)
-        if a != b:
-            raise CheckpointError(f"{path}: its {family} has {k}={a!r}, the config has {b!r}")
+    def init(self, key: jax.Array, batch_shape: tuple[int, int]) -> dict:
+        """Fresh params {group: tree} for crops of ``batch_shape`` = (B, N samples at 48 kHz)."""
+        ...
 
+    def train_step(self, state: st.TrainState, frozen: dict, batch: dict, txs: dict) -> tuple[st.TrainState, dict]:
+        """One optimizer step on a global batch {"audio": [B, N], ...}: (new state, scalar metrics)."""
+        ...
 
-def architectures(model: Any):
-    """(VAEConfig, UNetConfig, VocoderConfig) from ``config.model`` (the to_dict() of each family)."""
-    from audiosr_jax.models.unet import UNetConfig
-    from audiosr_jax.models.vae import VAEConfig
-    from audiosr_jax.models.vocoder import VocoderConfig
+    def eval_step(self, state: st.TrainState, frozen: dict, batch: dict, key: jax.Array) -> dict:
+        """Scalar validation metrics of one batch."""
+        ...
 
-    return (VAEConfig.from_dict(model.vae.to_dict()), UNetConfig.from_dict(model.unet.to_dict()),
-            VocoderConfig.from_dict(model.vocoder.to_dict()))
+    def prepare(self, frozen: dict, batch: dict, key: jax.Array, saved_config: dict | None) -> tuple[dict, dict]:
+        """Before the first step, on the first batch: (frozen entries to replace, updates to merge into the
+        saved config). ``saved_config`` is the resumed checkpoint's config, None for a fresh run."""
+        return {}, {}
+
+    def preview(self, state: st.TrainState, frozen: dict, batch: dict, key: jax.Array) -> dict:
+        """{"mel/NAME": [F, M] image, "audio/NAME": [N] 48 kHz} for TensorBoard (may be empty)."""
+        return {}
 
 
-def build_stage(config: Any) -> tuple[Any, dict]:
+def stage_class(name: str) -> type[Stage]:
+    """The class registered as ``name``; UserError (one line) naming the choices for an unknown one."""
+    if name not in REGISTRY:
+        raise UserError(f"unknown stage {name!r}; choose one of {', '.join(REGISTRY)}")
+    module, cls = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def build_stage(config: Any) -> tuple[Stage, dict]:
     """(stage object, frozen params as host numpy) for ``config.stage``."""
-    vae_cfg, unet_cfg, voc_cfg = architectures(config.model)
-    dtype = jnp.dtype(config.train.compute_dtype)
-    if config.stage == "ldm":
-        from audiosr_jax.training.ldm import LDMStage
-
-        if not config.ldm.vae_from:
-            raise CheckpointError("stage ldm needs a trained VAE: set --config.ldm.vae_from=DIR "
-                                  "(a converted AudioSR directory or a VAE training workdir)")
-        vae_params, info = load_group(config.ldm.vae_from, "vae")
-        check_architecture(config.ldm.vae_from, "vae", info["architecture"], config.model.vae.to_dict())
-        scale = float(config.ldm.scale_factor) if config.ldm.scale_factor > 0 else info["scale_factor"]
-        frozen = {"vae": vae_params, "scale_factor": np.float32(scale if scale else 0.0)}
-        return LDMStage(config, vae_cfg, unet_cfg, dtype), frozen
-    if config.stage == "vae":
-        from audiosr_jax.training.vae import VAEStage
-
-        return VAEStage(config, vae_cfg, dtype), {}
-    if config.stage == "vocoder":
-        from audiosr_jax.training.vocoder import VocoderStage
-
-        return VocoderStage(config, voc_cfg, dtype), {}
-    raise ValueError(f"unknown stage {config.stage!r}; choose vae, vocoder or ldm")
+    return stage_class(str(config.stage)).from_config(config)
 
 
-INIT_FAMILY = {"ldm": {"unet": "unet"}, "vae": {"vae": "vae"}, "vocoder": {"generator": "vocoder"}}
+def trained_by(family: str) -> tuple[str, str]:
+    """(stage name, parameter group) of the stage that trains network ``family`` ("vae", "unet", "vocoder")."""
+    for name in REGISTRY:
+        groups = stage_class(name).families
+        if family in groups:
+            return name, groups[family]
+    raise ValueError(f"no stage trains the {family!r} network")
 
 
 def initial_params(config: Any) -> dict | None:
@@ -122,7 +94,7 @@ def initial_params(config: Any) -> dict | None:
     if not path:
         return None
     out = {}
-    for group, family in INIT_FAMILY[config.stage].items():
+    for family, group in stage_class(str(config.stage)).families.items():
         params, info = load_group(path, family, group)
         check_architecture(path, family, info["architecture"], config.model[family].to_dict())
         out[group] = params

@@ -47,16 +47,24 @@ from audiosr_jax.training import losses
 from audiosr_jax.training import state as st
 from audiosr_jax.training.discriminators import PatchDiscriminator
 from audiosr_jax.training.ldm import normalize_pair
+from audiosr_jax.training.stages import Stage
+from audiosr_jax.training.weights import architectures
 
 _D_METRICS = ("d_loss", "logits_real", "logits_fake", "grad_norm_disc")
 
 
-class VAEStage:
+class VAEStage(Stage):
     """The VAE stage: ``init`` -> params {"vae", "loss", "discriminator"}; pure ``train_step``/``eval_step``."""
 
     name = "vae"
     groups = ("vae", "loss", "discriminator")
     ema_groups = ()
+    families = {"vae": "vae"}
+
+    @classmethod
+    def from_config(cls, config: Any) -> tuple["VAEStage", dict]:
+        """The stage for ``config``; it freezes nothing."""
+        return cls(config, architectures(config.model)[0], jnp.dtype(config.train.compute_dtype)), {}
 
     def __init__(self, config: Any, vae_cfg: VAEConfig, dtype=jnp.float32):
         c = config.vae

@@ -38,6 +38,8 @@ from audiosr_jax.training import losses
 from audiosr_jax.training import state as st
 from audiosr_jax.training.discriminators import MRD_RESOLUTIONS, VocoderDiscriminator
 from audiosr_jax.training.ldm import normalize_pair
+from audiosr_jax.training.stages import Stage
+from audiosr_jax.training.weights import architectures
 
 
 def _mesh_axis_size(mesh_cfg, name: str) -> int:
@@ -49,12 +51,18 @@ def _mesh_axis_size(mesh_cfg, name: str) -> int:
     return max(1, jax.device_count() // max(known, 1))
 
 
-class VocoderStage:
+class VocoderStage(Stage):
     """The vocoder stage: ``init`` -> params {"generator", "discriminator"}; pure ``train_step``/``eval_step``."""
 
     name = "vocoder"
     groups = ("generator", "discriminator")
     ema_groups = ()
+    families = {"vocoder": "generator"}
+
+    @classmethod
+    def from_config(cls, config: Any) -> tuple["VocoderStage", dict]:
+        """The stage for ``config``; it freezes nothing."""
+        return cls(config, architectures(config.model)[2], jnp.dtype(config.train.compute_dtype)), {}
 
     def __init__(self, config: Any, voc_cfg: VocoderConfig, dtype=jnp.float32):
         c = config.vocoder_train
