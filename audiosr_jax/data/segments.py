@@ -54,6 +54,8 @@ import numpy as np
 
 from audiosr_jax.atomic import swap_in
 from audiosr_jax.errors import AudioError, UserError
+from audiosr_jax.paths import is_remote, scheme
+from audiosr_jax.paths import resolve as resolve_path
 
 logger = logging.getLogger(__name__)
 
@@ -641,6 +643,8 @@ def build_dataset(sources, data_dir, *, config: SegmentConfig | None = None, ove
       sources: ``{domain: [folder_or_file, ...]}`` or ``[(domain, folder_or_file), ...]``, domain in
         ``DOMAINS``. Folders are searched recursively; files are taken in sorted order.
       data_dir: TFDS data dir; the dataset goes to ``<data_dir>/audio_segments/<config name>/<version>/``.
+        A local path or a ``file://`` URI: an object store (``gs://``) is refused (the build stages and renames
+        folders); build locally and copy the version dir there (``gsutil -m cp -r``), training reads it there.
       config: the :class:`SegmentConfig` (default: 10.24 s, pad, mix).
       overwrite: replace an existing build of the same config; without it an existing build is an error (the
         config name does not encode the sources, so silently reusing it could serve other data). Only a build
@@ -656,13 +660,18 @@ def build_dataset(sources, data_dir, *, config: SegmentConfig | None = None, ove
 
     Raises:
       DatasetError: no sources, unknown domain, a folder with no audio, no usable file, no segment fits, every
-        segment silent, an existing build without ``overwrite``, or something at the version dir's path that is
-        not a build of ours. Bad *files* never raise: they are skipped and listed in ``build_report.json``.
+        segment silent, an existing build without ``overwrite``, something at the version dir's path that is
+        not a build of ours, or a ``data_dir`` on an object store. Bad *files* never raise: they are skipped and
+        listed in ``build_report.json``.
     """
     t0 = time.perf_counter()
+    if is_remote(data_dir):
+        raise DatasetError(f"{os.fspath(data_dir)}: a dataset is built on the local disk; build it there and copy "
+                           f"the version dir to the object store (gsutil -m cp -r), then train with "
+                           f"--config.data.dataset_dir=<that URI>")
     bc = builder_config_for(config)
     pairs = normalize_sources(sources)
-    data_dir = Path(data_dir)
+    data_dir = Path(os.fspath(resolve_path(data_dir)) if scheme(data_dir) == "file" else data_dir)
     rel = Path(AudioSegments.name, bc.name, str(AudioSegments.VERSION))  # TFDS's <name>/<config>/<version>
     version_dir = data_dir / rel
     if version_dir.exists() or version_dir.is_symlink():
@@ -739,10 +748,15 @@ def _drop_empty_dir(path: Path) -> None:
 def open_split(version_dir, split: str):
     """Random-access source of one split: ``src[i]`` is a dict of numpy values (``audio`` int16 [N],
     ``valid_samples``, ``source`` (bytes), ``offset``, ``domain`` (int, index into ``DOMAINS``),
-    ``orig_sample_rate``, ``channel``). No TensorFlow is imported."""
-    return tfds.builder_from_directory(os.fspath(version_dir)).as_data_source(split=split)
+    ``orig_sample_rate``, ``channel``). No TensorFlow is imported.
+
+    ``version_dir``: a local path or a URI (``gs://bucket/tfds/audio_segments/<config>/<version>``, or
+    ``file://``; :func:`audiosr_jax.paths.resolve`). TFDS reads the metadata through epath (``gcsfs`` or
+    TensorFlow for ``gs://``); the ArrayRecord files are opened by array_record's own reader, whose 0.8.6
+    build has a ``gs://`` (GCS) reader but none for ``s3://`` / ``az://``."""
+    return tfds.builder_from_directory(resolve_path(version_dir)).as_data_source(split=split)
 
 
 def read_build_report(version_dir) -> dict:
-    """The ``build_report.json`` of a build (see :func:`build_dataset`)."""
-    return json.loads((Path(version_dir) / REPORT_NAME).read_text())
+    """The ``build_report.json`` of a build (see :func:`build_dataset`); ``version_dir`` may be a URI."""
+    return json.loads((resolve_path(version_dir) / REPORT_NAME).read_text())

@@ -13,6 +13,12 @@ the config in one step directory.
   other failure (I/O error, permissions, memory, a restore that fails on intact data) stops with one line
   and leaves every checkpoint as it was. Orbax writes each step to a temporary directory and renames it
   when complete, so a kill -9 mid-save leaves the previous step intact.
+
+The workdir may be a URI (``gs://bucket/run``, ``file:///abs/run``; see :mod:`audiosr_jax.paths`): every path
+here is an ``etils.epath.Path`` and every file operation (listing, exists, the set-aside rename) goes through
+epath, so it works on an object store as on a local disk. On an object store a "rename" of a step directory
+is a copy and delete of each of its objects (not atomic): a set-aside interrupted midway leaves the step
+partly at both names; the partial ``<step>`` then fails its restore again and is set aside again.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from audiosr_jax import paths
 from audiosr_jax.errors import CheckpointError
 from audiosr_jax.training import state as st
 
@@ -138,10 +145,14 @@ def _first_line(err: BaseException) -> str:
 
 
 class Checkpointer:
-    """Save/restore of (TrainState, data iterator, config) under ``<workdir>/checkpoints``."""
+    """Save/restore of (TrainState, data iterator, config) under ``<workdir>/checkpoints``.
 
-    def __init__(self, workdir: str, config: dict, *, save_every: int, keep: int, async_save: bool = True):
-        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    ``workdir``: a local path (made absolute) or a URI (``gs://bucket/run``; ``file://`` is the local disk),
+    see :func:`audiosr_jax.paths.resolve`; ``self.directory`` is the ``epath.Path`` of its checkpoints."""
+
+    def __init__(self, workdir: str | os.PathLike, config: dict, *, save_every: int, keep: int,
+                 async_save: bool = True):
+        self.directory = paths.resolve(workdir) / "checkpoints"
         self.config = json.loads(json.dumps(config))  # JSON-safe copy (tuples -> lists)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=save_every,
                                                enable_async_checkpointing=async_save, create=True,
@@ -151,8 +162,8 @@ class Checkpointer:
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
-    def step_dir(self, step: int) -> str:
-        return os.path.join(self.directory, str(step))
+    def step_dir(self, step: int) -> epath.Path:
+        return self.directory / str(step)
 
     # ------------------------------------------------------------------------------------------- reading
 
@@ -164,7 +175,7 @@ class Checkpointer:
         """The saved state's orbax metadata tree (dicts/lists of ArrayMetadata: shapes and dtypes)."""
         handler = ocp.StandardCheckpointHandler()
         try:
-            return handler.metadata(epath.Path(self.step_dir(step)) / "state").tree
+            return handler.metadata(self.step_dir(step) / "state").tree
         finally:
             handler.close()
 
@@ -175,9 +186,9 @@ class Checkpointer:
         tree = self.saved_tree(step)
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
         with ocp.PyTreeCheckpointer() as reader:
-            reader.restore(epath.Path(self.step_dir(step)) / "state",
+            reader.restore(self.step_dir(step) / "state",
                            args=ocp.args.PyTreeRestore(restore_args=restore_args))
-        it_dir = epath.Path(self.step_dir(step)) / "data_iter"
+        it_dir = self.step_dir(step) / "data_iter"
         if it_dir.exists():
             for f in it_dir.iterdir():
                 if f.name.endswith(".json"):
@@ -219,15 +230,17 @@ class Checkpointer:
                                f"this step aside to resume from an earlier one)")
 
     def _move_aside(self, step: int, err: BaseException) -> None:
+        """Rename the damaged step to ``<step>.corrupt`` (``.corrupt1``, ... if taken) beside it, through epath
+        (a local rename, or a copy and delete of its objects on an object store); process 0 only."""
         path = self.step_dir(step)
         log.warning("checkpoint %s is unreadable (%s); moved to %s.corrupt, trying the previous one",
                     path, _first_line(err), path)
-        if jax.process_index() == 0 and os.path.exists(path):
-            dest = path + ".corrupt"
+        if jax.process_index() == 0 and path.exists():
+            dest = path.with_name(f"{path.name}.corrupt")
             n = 1
-            while os.path.exists(dest):
-                dest, n = f"{path}.corrupt{n}", n + 1
-            os.replace(path, dest)
+            while dest.exists():
+                dest, n = path.with_name(f"{path.name}.corrupt{n}"), n + 1
+            path.replace(dest)
         if jax.process_count() > 1:  # every process must see the rename before it lists the steps again
             from jax.experimental import multihost_utils
 

@@ -2,15 +2,26 @@
 and a throughput/MFU estimate from XLA's own cost analysis.
 
 Only process 0 writes. Scalars are flushed every log interval; ``tensorboard --logdir WORKDIR/tb``.
+
+The workdir may be a URI (:mod:`audiosr_jax.paths`): a local path or ``file://`` URI is written by
+tensorboardX's own file writer; an object store (``gs://``, ``s3://``, ``az://``, ``hf://``) through
+``etils.epath`` (the same file system, and credentials, as the checkpoints: ``gcsfs`` or TensorFlow for
+``gs://``), not through tensorboardX's own ``gs://`` / ``s3://`` writers (they need ``google-cloud-storage`` /
+``boto3``, and other schemes would become a local folder named ``az:``). An object cannot be appended to, so
+each flush (every 30 s and at close) rewrites the whole event file, as tensorboardX's own ``gs://`` writer does.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
+
+from audiosr_jax import paths
 
 # Peak dense FLOP/s per device (bf16 / fp32), for the MFU estimate. CPU has no meaningful peak: MFU is
 # then not reported, only FLOP/s.
@@ -68,16 +79,65 @@ def spectrogram_image(mel: np.ndarray, title: str = "") -> np.ndarray:
     return img
 
 
-class SummaryWriter:
-    """TensorBoard writer for ``<workdir>/tb`` (a no-op on processes other than 0)."""
+class EpathRecordFile:
+    """A binary file for tensorboardX's record writer on any epath path: ``write`` appends to a buffer,
+    ``flush`` / ``close`` write the whole buffer to the path (rewriting what an earlier flush wrote) when
+    something was written since."""
 
-    def __init__(self, workdir: str, enabled: bool | None = None):
+    def __init__(self, path: str | os.PathLike):
+        self.path = epath.Path(path)
+        self._buffer = io.BytesIO()
+        self._dirty = True  # the file exists from the first flush on, even if empty
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self._buffer.write(data)
+        self._dirty = True
+
+    def flush(self) -> None:
+        if self._dirty:
+            self.path.write_bytes(self._buffer.getvalue())
+            self._dirty = False
+
+    def close(self) -> None:
+        if not self.closed:
+            self.flush()
+            self.closed = True
+
+
+class _EpathWriterFactory:
+    """tensorboardX writer factory (``record_writer.register_writer_factory``) writing through epath."""
+
+    def open(self, path: str) -> EpathRecordFile:
+        return EpathRecordFile(path)
+
+    def directory_check(self, path: str) -> None:
+        epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def _write_through_epath(scheme: str) -> None:
+    """Make tensorboardX write paths ``<scheme>://...`` through epath (its registry is keyed by the text before
+    the first ':')."""
+    from tensorboardX import record_writer
+
+    if not isinstance(record_writer.REGISTERED_FACTORIES.get(scheme), _EpathWriterFactory):
+        record_writer.register_writer_factory(scheme, _EpathWriterFactory())
+
+
+class SummaryWriter:
+    """TensorBoard writer for ``<workdir>/tb`` (a no-op on processes other than 0). ``workdir``: a local path
+    or a URI (see the module doc); ``self.logdir`` is where the event files go (an ``epath.Path``)."""
+
+    def __init__(self, workdir: str | os.PathLike, enabled: bool | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.logdir = paths.resolve(workdir) / "tb"
         self._w = None
         if self.enabled:
             from tensorboardX import SummaryWriter as _W
 
-            self._w = _W(os.path.join(workdir, "tb"), flush_secs=30)
+            if paths.is_remote(self.logdir):
+                _write_through_epath(paths.scheme(self.logdir))
+            self._w = _W(os.fspath(self.logdir), flush_secs=30)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if self._w:
