@@ -1,4 +1,4 @@
-"""Test setup: CPU only, 8 fake devices, before JAX is imported anywhere."""
+"""Test setup: CPU only, 8 fake devices, before JAX is imported anywhere; one persistent XLA cache per run."""
 
 import atexit
 import os
@@ -15,6 +15,15 @@ if "xla_force_host_platform_device_count" not in flags:
     os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
 
 import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _persistent_compilation_cache():
+    """One XLA cache for the whole run (both xdist workers and every subprocess they start inherit
+    AUDIOSR_JAX_CACHE): a program compiled once, in-process or by a CLI under test, is not compiled again."""
+    from audiosr_jax.runtime import enable_compilation_cache
+
+    enable_compilation_cache()
 
 
 @pytest.fixture(scope="session")

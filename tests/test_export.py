@@ -3,6 +3,7 @@
 
 import logging
 import os
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -264,3 +265,15 @@ def test_overwrite_refuses_a_folder_that_is_not_a_checkpoint(workdirs, tmp_path,
     f.write_text("x")
     args[args.index(str(out))] = str(f)
     assert main(args) == 2 and "not a directory" in capsys.readouterr().err and f.read_text() == "x"
+
+
+def test_sources_given_as_file_uris_and_an_object_store_out(workdirs, tmp_path, monkeypatch):
+    """Workdirs named by URI are read where the URI points (not as a relative folder named "file:"); an
+    inference checkpoint is written locally only, so a gs:// --out is one line before anything is read."""
+    monkeypatch.chdir(tmp_path)  # a relative "file:" folder would appear here
+    uri = {k: "file://" + str(Path(v).resolve()) for k, v in workdirs.items() if k in ("vae", "ldm", "vocoder")}
+    w = export_weights(uri["vae"], uri["ldm"], uri["vocoder"], str(tmp_path / "out"), use_ema=False)
+    _assert_tree_equal(load_weights(tmp_path / "out").params["unet"], workdirs["unet_raw"])
+    assert w.scale_factor == SCALE and not (tmp_path / "file:").exists()
+    _one_line_error(lambda: export_weights(uri["vae"], uri["ldm"], uri["vocoder"], "gs://bucket/weights"),
+                    "gs://bucket/weights", "local folder")

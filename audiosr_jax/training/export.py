@@ -30,6 +30,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from audiosr_jax import paths
 from audiosr_jax.diffusion.config import DiffusionConfig
 from audiosr_jax.errors import CheckpointError
 from audiosr_jax.inference.checkpoint import (
@@ -99,23 +100,23 @@ def _open_source(path: str, family: str) -> _Source:
     CheckpointError for a missing path, a workdir without checkpoints, or a workdir of another stage."""
     stage, _ = trained_by(family)
     flag = _FLAGS[family]
-    if not os.path.exists(path):
+    root = paths.resolve(path)
+    if not root.exists():
         raise CheckpointError(f"{path}: no such directory (given as {flag})")
-    arch_path = os.path.join(path, "architecture.json")
-    if os.path.isfile(arch_path):
+    arch_path = root / "architecture.json"
+    if arch_path.is_file():
         try:
-            with open(arch_path) as f:
-                arch = json.load(f)
+            arch = json.loads(arch_path.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise CheckpointError(f"{arch_path}: unreadable architecture file: {_first_line(e)}") from None
         if not isinstance(arch, dict):
             raise CheckpointError(f"{arch_path}: not an architecture file")
         return _Source(path, family, _parse_architecture(path, family, arch.get(family)), architecture=arch)
-    if not os.path.isdir(path):
+    if not root.is_dir():
         raise CheckpointError(f"{path}: not a training workdir or converted directory (given as {flag}; "
                               "convert a PyTorch checkpoint first: python -m audiosr_jax.convert IN OUT)")
-    directory = os.path.join(os.path.abspath(path), "checkpoints")
-    if not os.path.isdir(directory):
+    directory = root / "checkpoints"
+    if not directory.is_dir():
         raise CheckpointError(f"{path}: neither a training workdir (no checkpoints/ folder) nor a converted "
                               f"directory (no architecture.json) (given as {flag})")
     import orbax.checkpoint as ocp
@@ -147,7 +148,7 @@ def _load_params(src: _Source, use_ema: bool, converted_cache: dict) -> None:
     if src.is_converted:
         from audiosr_jax.inference.checkpoint import load_weights
 
-        key = os.path.realpath(src.path)
+        key = _canonical(src.path)
         if key not in converted_cache:  # --vae and --vocoder may name the same converted directory
             converted_cache[key] = load_weights(src.path)
         src.converted = converted_cache[key]
@@ -201,11 +202,11 @@ def _scale_factor(ldm: _Source) -> float:
     if not math.isnan(sf):
         return sf
     vae_from = lcfg.get("vae_from") or ""
-    if vae_from and os.path.exists(vae_from):
+    if vae_from and paths.resolve(vae_from).exists():
         try:
-            if os.path.isfile(os.path.join(vae_from, "architecture.json")):
-                with open(os.path.join(vae_from, "architecture.json")) as f:
-                    sf = _as_scale(json.load(f).get("scale_factor"))
+            arch_path = paths.resolve(vae_from) / "architecture.json"
+            if arch_path.is_file():
+                sf = _as_scale(json.loads(arch_path.read_text()).get("scale_factor"))
             else:
                 vsrc = _open_source(vae_from, "vae")
                 sf = _as_scale((vsrc.train_config.get("ldm") or {}).get("scale_factor"))
@@ -231,7 +232,12 @@ def _diffusion(ldm: _Source) -> DiffusionConfig:
 
 
 def _same_path(a: str, b: str) -> bool:
-    return os.path.realpath(os.path.abspath(a)) == os.path.realpath(os.path.abspath(b))
+    return _canonical(a) == _canonical(b)
+
+
+def _canonical(path: str) -> str:
+    """One spelling per location: a local path resolved (symlinks too), a URI as resolved by `paths`."""
+    return str(paths.resolve(path)) if paths.is_remote(path) else os.path.realpath(str(paths.resolve(path)))
 
 
 def _trees_equal(a: dict, b: dict) -> bool:
@@ -284,10 +290,12 @@ def export_weights(vae: str, ldm: str, vocoder: str, out: str, *, use_ema: bool 
     architectures that do not fit together, a missing scale factor, or an existing ``out`` without
     ``overwrite``. Warns (logging) when the VAE is not the one the LDM was trained on.
     """
-    out_abs = os.path.abspath(out)
+    if paths.is_remote(out):
+        raise CheckpointError(f"{out}: write the inference checkpoint to a local folder (then copy it); "
+                              "--out cannot be an object store")
+    out_abs = str(paths.resolve(out))
     for flag, src in (("--vae", vae), ("--ldm", ldm), ("--vocoder", vocoder)):
-        s = os.path.realpath(os.path.abspath(src))
-        o = os.path.realpath(out_abs)
+        s, o = _canonical(src), os.path.realpath(out_abs)
         if s == o or s.startswith(o + os.sep):  # replacing `out` would delete the source
             raise CheckpointError(f"{out}: the output overlaps the {flag} source {src}; choose another --out")
     check_output_dir(out_abs, overwrite)  # only a checkpoint of ours is ever replaced

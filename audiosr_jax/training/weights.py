@@ -6,12 +6,13 @@ checkpoint, EMA if it has one). Host numpy out; no device placement.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from audiosr_jax import paths
 from audiosr_jax.errors import CheckpointError
 
 
@@ -22,37 +23,51 @@ def _tree_to_numpy(tree):
 
 
 def read_trained_params(workdir: str, group: str, prefer_ema: bool = True) -> tuple[dict, dict]:
-    """(params of ``group``, saved config dict) from a training workdir's latest checkpoint."""
-    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    if not os.path.isdir(directory):
+    """(params of ``group`` as host numpy, saved config dict) from a training workdir's latest checkpoint
+    (a path or a URI). Only that group is read, as plain numpy whatever mesh the run was sharded on, so a
+    run trained with FSDP across hosts reads back on any process count."""
+    directory = paths.resolve(workdir) / "checkpoints"
+    if not directory.is_dir():
         raise CheckpointError(f"{workdir}: not a training workdir (no checkpoints/ folder)")
     mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
-    step = mngr.latest_step()
-    if step is None:
-        raise CheckpointError(f"{workdir}: has no finished checkpoint")
-    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                          config=ocp.args.JsonRestore()))
-    st, cfg = restored["state"], restored["config"]
-    ema = st.get("ema") or {}
-    source = ema if prefer_ema and group in ema else st["params"]
-    if group not in source:
+    try:
+        step = mngr.latest_step()
+        if step is None:
+            raise CheckpointError(f"{workdir}: has no finished checkpoint")
+        cfg = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    finally:
+        mngr.close()
+    state_dir = directory / str(step) / "state"
+    handler = ocp.StandardCheckpointHandler()
+    try:
+        saved = handler.metadata(state_dir).tree
+    finally:
+        handler.close()
+    where = "ema" if prefer_ema and group in (saved.get("ema") or {}) else "params"
+    if group not in (saved.get(where) or {}):
         raise CheckpointError(f"{workdir}: checkpoint has no '{group}' parameters (stage {cfg.get('stage')})")
-    return _tree_to_numpy(source[group]), cfg
+    item = {where: {group: saved[where][group]}}
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+    with ocp.PyTreeCheckpointer() as reader:
+        out = reader.restore(state_dir, args=ocp.args.PyTreeRestore(item, restore_args=restore_args,
+                                                                   partial_restore=True))
+    return _tree_to_numpy(out[where][group]), cfg
 
 
 def load_group(path: str, family: str, group: str | None = None) -> tuple[dict, dict]:
-    """Params of one network family ("vae", "unet", "vocoder") from a converted directory or a workdir.
+    """Params of one network family ("vae", "unet", "vocoder") from a converted directory or a workdir
+    (a path or a URI).
 
     Returns (params, info) with info = {"scale_factor": float or None, "architecture": dict or None}.
     """
-    if not os.path.exists(path):
+    root = paths.resolve(path)
+    if not root.exists():
         raise CheckpointError(f"{path}: no such checkpoint directory")
-    if os.path.exists(os.path.join(path, "architecture.json")):
+    if (root / "architecture.json").exists():
         from audiosr_jax.inference.checkpoint import load_weights
 
-        w = load_weights(path)
-        with open(os.path.join(path, "architecture.json")) as f:
-            arch = json.load(f)
+        w = load_weights(str(root))
+        arch = json.loads((root / "architecture.json").read_text())
         return _tree_to_numpy(w.params[family]), {"scale_factor": float(w.scale_factor), "architecture": arch[family]}
     params, cfg = read_trained_params(path, group or family)
     return params, {"scale_factor": cfg.get("ldm", {}).get("scale_factor"), "architecture": cfg["model"][family]}
