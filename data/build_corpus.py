@@ -32,6 +32,10 @@ from typing import Callable, Iterator
 import numpy as np
 import soundfile as sf
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from audiosr_jax.data.bandwidth import measure_bandwidth  # noqa: E402  (the one 60 dB rule, shared)
+
 SR = 48_000
 FADE_S = 0.02  # raised-cosine fade at clip edges: a hard edge is fake high-frequency content
 TARGET_RMS_DB = -20.0
@@ -51,37 +55,6 @@ class SourceUnavailable(Exception):
 
 # ----------------------------------------------------------------------------------------------------------
 # Measurement and clip conditioning
-
-
-def measure_bandwidth(x: np.ndarray, sr: int, floor_db: float = 60.0, n_fft: int = 4096,
-                      smooth_bins: int = 9) -> float:
-    """Effective bandwidth in Hz: the highest frequency whose smoothed spectrum is within ``floor_db`` of its peak.
-
-    Args:
-        x: mono signal, shape (T,) (or (T, C), mixed to mono), any float scale.
-        sr: sample rate in Hz.
-        floor_db: how far below the spectral peak still counts as content.
-        n_fft: Hann window / FFT length (hop n_fft // 2); shorter signals are zero-padded to one frame.
-        smooth_bins: moving-average width (bins) applied to the mean power spectrum before the search.
-    Returns:
-        Frequency in Hz (0.0 for a silent signal).
-    """
-    x = np.asarray(x, np.float64)
-    if x.ndim == 2:
-        x = x.mean(axis=1)
-    if x.size < n_fft:
-        x = np.pad(x, (0, n_fft - x.size))
-    hop = n_fft // 2
-    n_frames = 1 + (x.size - n_fft) // hop
-    idx = np.arange(n_fft)[None, :] + hop * np.arange(n_frames)[:, None]
-    spec = np.abs(np.fft.rfft(x[idx] * np.hanning(n_fft), axis=1)) ** 2
-    power = spec.mean(axis=0)
-    power = np.convolve(power, np.ones(smooth_bins) / smooth_bins, mode="same")
-    peak = power.max()
-    if peak <= 0:
-        return 0.0
-    above = np.nonzero(power >= peak * 10 ** (-floor_db / 10))[0]
-    return float(above[-1] * sr / n_fft)
 
 
 def to_48k_mono(x: np.ndarray, sr: int) -> np.ndarray:

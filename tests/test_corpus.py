@@ -43,6 +43,21 @@ def test_bandwidth_edge_cases():
     assert abs(bc.measure_bandwidth(st, 16_000) - 5000) < 150
 
 
+def test_bandwidth_rule_is_the_datasets_and_chunked_like_one_pass():
+    # one implementation (the dataset builder stores it per example); frames are summed in chunks so a long
+    # file needs no [frames x 4096] array, with the one-pass result
+    from audiosr_jax.data.bandwidth import measure_bandwidth
+
+    assert bc.measure_bandwidth is measure_bandwidth
+    x = _bandlimited_noise(15_000, 48_000, 12.0, seed=5)  # 280 frames: more than one chunk
+    n_fft, hop = 4096, 2048
+    idx = np.arange(n_fft)[None, :] + hop * np.arange(1 + (x.size - n_fft) // hop)[:, None]
+    power = (np.abs(np.fft.rfft(x.astype(np.float64)[idx] * np.hanning(n_fft), axis=1)) ** 2).mean(axis=0)
+    power = np.convolve(power, np.ones(9) / 9, mode="same")
+    want = np.nonzero(power >= power.max() * 1e-6)[0][-1] * 48_000 / n_fft
+    assert measure_bandwidth(x, 48_000) == want
+
+
 def test_resampling_does_not_invent_bandwidth():
     # 44.1 kHz noise up to 21 kHz must not appear to reach 24 kHz after resampling to 48 kHz
     x = _bandlimited_noise(21_000, 44_100, 1.0)

@@ -82,7 +82,9 @@ def test_layout_shapes_dtypes_metadata(built):
         assert len(exs) == rep["segments"][split] > 0
         total += len(exs)
         for ex in exs:
-            assert set(ex) == {"audio", "valid_samples", "source", "offset", "domain", "orig_sample_rate", "channel"}
+            assert set(ex) == {"audio", "valid_samples", "source", "offset", "domain", "orig_sample_rate", "channel",
+                               "bandwidth_hz"}
+            assert 12_000 < ex["bandwidth_hz"] <= SR / 2  # the slice is 48 kHz corpus audio (>= 12 kHz)
             assert ex["audio"].dtype == np.int16 and ex["audio"].shape == (SR,)
             assert ex["valid_samples"] == SR and ex["orig_sample_rate"] == SR and ex["channel"] == -1
             source = ex["source"].decode()
@@ -156,8 +158,8 @@ def test_rebuild_is_byte_identical_across_processes(built, tmp_path):
         assert (built / n).read_bytes() == (again / n).read_bytes(), n
 
 
-def test_redecode_path_gives_the_same_bytes(built, tmp_path):
-    # cache_bytes=0: nothing kept from the decode pass, every file decoded again while writing
+def test_spill_path_gives_the_same_bytes(built, tmp_path):
+    # cache_bytes=0: every serialized example spills to the staging folder before it is written
     v = build_dataset(slice_sources(), tmp_path, config=SEG1, cache_bytes=0, workers=2)
     for n in sorted(os.listdir(built)):
         if ".array_record" in n:
@@ -226,9 +228,9 @@ def test_overwrite_failing_mid_build_keeps_the_old_build(old_build, monkeypatch,
     before = _tree(data_dir)
     original = AudioSegments._generate_examples
 
-    def failing(self, split):  # fails after some examples of the new build were written
-        for i, item in enumerate(original(self, split)):
-            if i == 2:
+    def failing(self, inputs):  # fails mid-build, at the second file (one item per file)
+        for i, item in enumerate(original(self, inputs)):
+            if i == 1:
                 raise exc
             yield item
 

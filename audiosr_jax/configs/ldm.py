@@ -21,6 +21,7 @@ def get_config(preset: str = "full") -> ml_collections.ConfigDict:
         parameterization="v", weighting="uniform", min_snr_gamma=5.0,
         cfg_drop_prob=0.1, cfg_drop_per="batch",   # the reference drops the condition once per batch
         ema_decay=0.9999,
+        mask_above_bandwidth=True,   # batches with "bandwidth_hz": the loss ignores latent rows above it
     ))
     c.optim = ml_collections.ConfigDict(dict(lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01,
                                              warmup_steps=5000, schedule="constant", clip_norm=None))

@@ -6,7 +6,9 @@ peak 0.5), low-pass (host pair from the loader, or the filter applied on device)
 both with the frozen VAE (posterior *samples*, as AudioSR), scale by ``scale_factor``; with probability
 ``cfg_drop_prob`` (once per batch as the reference, or per example) the condition becomes the constant
 −11.4981 latent; t ~ U{0..T−1}; loss = the configured objective (AudioSR: MSE on v, cosine schedule with
-zero terminal SNR). The UNet input is ``concat([x_t, cond · scale_factor], channels)``.
+zero terminal SNR; with ``ldm.mask_above_bandwidth`` and a batch ``bandwidth_hz`` [B], only the latent
+frequency rows below each clip's own bandwidth count: :func:`masked_diffusion_loss`). The UNet input is
+``concat([x_t, cond · scale_factor], channels)``.
 
 Shapes: batch "audio" [B, N] float32 48 kHz, N a multiple of 480 · 8 · 2^(UNet levels − 1) samples
 (30,720 = 0.64 s for the released architecture); latents [B, N/3840, 32, C].
@@ -73,6 +75,37 @@ def pair_log_mels(batch: dict, stft_lowpass: bool = False) -> jax.Array:
     low = lowpassed(batch, wave, low)
     return audio.log_mel_spectrogram(jnp.concatenate([wave, low], axis=0))[0]
 
+
+def latent_band_mask(bandwidth_hz: jax.Array, n_rows: int) -> jax.Array:
+    """[B] clip bandwidths (Hz, the dataset's ``bandwidth_hz``) -> [B, 1, n_rows, 1] float32 mask over the
+    latent's frequency rows: 1 where the row's lowest mel band starts below the clip's bandwidth, else 0.
+
+    Row ``j`` holds mel bands ``[j·r, (j+1)·r)``, r = 256 / n_rows (the VAE's frequency downsampling). Above a
+    clip's own bandwidth its target is the log floor, not music: fitting it would teach the model to leave
+    that band empty."""
+    import librosa
+
+    edges = librosa.mel_frequencies(audio.N_MELS + 2, fmin=audio.MEL_FMIN, fmax=audio.MEL_FMAX, htk=False)
+    row_start = jnp.asarray(edges[: audio.N_MELS : audio.N_MELS // n_rows], jnp.float32)
+    bw = jnp.asarray(bandwidth_hz, jnp.float32).reshape(-1, 1)
+    return (row_start[None, :] < bw).astype(jnp.float32)[:, None, :, None]
+
+
+def masked_diffusion_loss(pred, x0, eps, alpha_bar, mask, parameterization: str = "v",
+                          weighting: str = "uniform", gamma: float = 5.0) -> jax.Array:
+    """:func:`objectives.diffusion_loss` over the unmasked entries only: per example the mean squared error over
+    the entries where ``mask`` (broadcast to ``x0``'s shape, [B, T, F, C]) is 1, then weighted and averaged over
+    the batch. Entries where it is 0 do not change the loss or its gradient."""
+    shape = (-1,) + (1,) * (x0.ndim - 1)
+    a = jnp.asarray(alpha_bar, jnp.float32).reshape(shape)
+    target = objectives.training_target(parameterization, x0, eps, jnp.sqrt(a), jnp.sqrt(1.0 - a))
+    mask = jnp.broadcast_to(mask, x0.shape)
+    axes = tuple(range(1, x0.ndim))
+    err = jnp.where(mask > 0, jnp.square(pred.astype(jnp.float32) - target), 0.0)
+    per_example = jnp.sum(err, axis=axes) / jnp.maximum(jnp.sum(mask, axis=axes), 1.0)
+    return jnp.mean(objectives.loss_weight(weighting, parameterization, alpha_bar, gamma) * per_example)
+
+
 log = logging.getLogger(__name__)
 
 
@@ -129,6 +162,7 @@ class LDMStage(Stage):
         self.alphas_cumprod = np.asarray(make_alphas_cumprod(c.schedule, int(c.num_timesteps), **kwargs), np.float32)
         self.grad_accum = int(config.train.get("grad_accum", 1))
         self.ema_decay = float(c.ema_decay)
+        self.mask_above_bandwidth = bool(c.get("mask_above_bandwidth", True))
         data = config.get("data") or {}
         self.stft_lowpass = str(data.get("lowpass", "host")) == "device_stft"
 
@@ -166,7 +200,13 @@ class LDMStage(Stage):
         a = jnp.asarray(self.alphas_cumprod)[t]
         x_t = jnp.sqrt(a)[:, None, None, None] * z + jnp.sqrt(1.0 - a)[:, None, None, None] * eps
         pred = self.unet.apply({"params": params["unet"]}, jnp.concatenate([x_t, cond], axis=-1), t)
-        loss = objectives.diffusion_loss(pred, z, eps, a, self.parameterization, self.weighting, self.min_snr_gamma)
+        if self.mask_above_bandwidth and "bandwidth_hz" in batch:
+            mask = latent_band_mask(batch["bandwidth_hz"], z.shape[2])
+            loss = masked_diffusion_loss(pred, z, eps, a, mask, self.parameterization, self.weighting,
+                                         self.min_snr_gamma)
+        else:
+            loss = objectives.diffusion_loss(pred, z, eps, a, self.parameterization, self.weighting,
+                                             self.min_snr_gamma)
         return loss, {"loss": loss, "latent_std": jnp.std(z), "cfg_dropped": jnp.mean(drop.astype(jnp.float32))}
 
     def train_step(self, state: st.TrainState, frozen: dict, batch: dict, txs: dict):
