@@ -210,10 +210,13 @@ def test_match_loudness_and_stale_partials(tmp_path, weights):
     out_dir.mkdir()
     stale = out_dir / ".quiet.wav.partial-abc.wav"  # what a kill -9 during a write would leave
     stale.write_bytes(b"half a file")
+    # another output's write in flight (another process of a multi-host job, or another run): not ours to remove
+    in_flight = out_dir / ".loud.wav.partial-def.wav"
+    in_flight.write_bytes(b"being written")
     jobs = assign_outputs(expand_inputs([str(p)]), str(out_dir))
     mesh = Mesh(np.asarray(jax.devices()[:1]), ("data",))
     [r] = run_batch(weights, jobs, BatchConfig(options=OPTIONS, match_loudness=True), mesh=mesh, progress=False)
-    assert r.status == "ok" and not stale.exists()
+    assert r.status == "ok" and not stale.exists() and in_flight.exists()
     y, sr = sf.read(jobs[0].output)
     want = pyloudnorm.Meter(16000).integrated_loudness(x[:, 0])
     got = pyloudnorm.Meter(sr).integrated_loudness(y)

@@ -13,12 +13,15 @@ would overwrite, an input is refused; an output folder inside the inputs is neve
 output location is checked for writing before any compute; a full disk stops the run with one line.
 Exit status: 0 all written or skipped; 1 some files failed (named in the report and at the end); 2 a user
 error (bad flag, missing checkpoint, or the single input is unusable); 130 interrupted.
+
+--multihost: every process of the job runs the same command; the files' windows are shared out (a long
+file is split by window), each process samples on its own devices, each output is written once, and
+process 0 prints the summary and writes the report for the whole run.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
 
@@ -104,13 +107,12 @@ def main(argv=None) -> int:
 
         from audiosr_jax import AudioSR
         from audiosr_jax.inference.batch import BatchConfig
-        from audiosr_jax.inference.inputs import shard_for_host
 
         if args.multihost:
             from audiosr_jax.runtime import initialize_distributed
 
-            initialize_distributed()  # a pod / SLURM job, or `python -m audiosr_jax.launch`
-            plan = dataclasses.replace(plan, jobs=shard_for_host(plan.jobs, jax.process_index(), jax.process_count()))
+            # a pod / SLURM job, or `python -m audiosr_jax.launch`: run_files then shares the windows out
+            initialize_distributed()
         if args.devices > jax.local_device_count():
             raise UserError(f"--devices {args.devices}: this process has {jax.local_device_count()} local devices")
         sr = AudioSR.from_pretrained(args.checkpoint or args.model or "basic", devices=args.devices,
@@ -133,9 +135,15 @@ def main(argv=None) -> int:
 
 
 def _print_outcome(plan, outcome) -> int:
-    """One line per failure and warning on stderr, a summary on stdout; the exit status."""
+    """One line per failure and warning on stderr, a summary on stdout; the exit status. In a multi-process
+    job each process prints the line of its share, and process 0 alone the rest, for the whole run; every
+    process returns the whole run's status."""
     results = outcome.results
     failed = [r for r in results if r.status == "failed"]
+    if outcome.share:
+        print(outcome.share)
+    if outcome.process[0] != 0:
+        return (2 if plan.single else 1) if failed else 0
     for r in results:
         if r.note:
             print(f"warning: {r.note}", file=sys.stderr)

@@ -12,8 +12,24 @@ Flow (host ↔ device):
 
 Each item's noise comes from (seed, channel, window), so a file's output does not depend on its batch
 neighbours and equals the one-file path (`pipeline.super_resolve_waveform`) for files of one window.
-A bad file never stops the run: it is reported with a one-line reason. Multi-host: each process takes its
-round-robin share of the file list (`inputs.shard_for_host`) and runs on its own local devices.
+A bad file never stops the run: it is reported with a one-line reason.
+
+Multi-process (`run_shared`, what ``sample.py --multihost`` runs through `files.run_files`): every process
+has the same job list and reads every file's header (`_probe`: channels and length, so the number of
+windows); `inputs.share_windows` then gives each process one contiguous stretch of the (file, window) units
+of about equal cost, so a long file is split by window over several processes. A file's owner is the
+process holding its window 0: only the owner writes that output (and removes that output's stale partial
+files, never another's: those may be another process's write in flight). Each process samples its windows
+on its own local devices (a mesh over `jax.local_devices()`, weights restored by this process alone) with no
+cross-process collective, so processes with different amounts of work never wait on each other until the
+end. There, every process takes part (once each, even with no work or after a full disk stopped it) in
+two exchanges over `_allgather_bytes`: a barrier of the distributed runtime (which waits as long as the
+slowest process needs), then a jax all-gather of encoded bytes (which needs no shared filesystem):
+(1) the windows computed for files owned elsewhere go to their owners, which assemble and write the files
+(computing any window that did not arrive, e.g. where a file's header misled `_probe`); (2) every process's
+results, so every process knows the whole run (its exit status) and process 0 writes the one report.
+Since each window's noise depends only on (seed, channel, window), the outputs are bit-identical to a
+one-process run on the same local mesh and batch size.
 """
 
 from __future__ import annotations
@@ -22,30 +38,51 @@ import contextlib
 import csv
 import dataclasses
 import errno
+import io
+import itertools
 import json
 import logging
 import os
 import time
 from collections import defaultdict, deque
-from typing import Any
+from typing import Any, Self
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from audiosr_jax import audio
-from audiosr_jax.inference import lowpass, postprocess, windows
-from audiosr_jax.inference.checkpoint import AudioSRWeights
 from audiosr_jax.diffusion import sampling
 from audiosr_jax.errors import UserError
+from audiosr_jax.inference import lowpass, postprocess, windows
 from audiosr_jax.inference import progress as step_progress
-from audiosr_jax.inference.inputs import Job
-from audiosr_jax.inference.pipeline import (SamplingOptions, draw_noise, item_keys, latent_shape, num_sampler_steps,
-                                  super_resolve_windows, super_resolve_windows_low_memory)
+from audiosr_jax.inference.checkpoint import AudioSRWeights
+from audiosr_jax.inference.inputs import Job, share_windows
+from audiosr_jax.inference.pipeline import (
+    SamplingOptions,
+    draw_noise,
+    item_keys,
+    latent_shape,
+    num_sampler_steps,
+    super_resolve_windows,
+    super_resolve_windows_low_memory,
+)
 
-__all__ = ["BatchConfig", "FileResult", "BatchStopped", "run_batch", "run_arrays", "write_report",
-           "merge_previous_report", "local_mesh"]
+__all__ = [
+    "BatchConfig",
+    "BatchStopped",
+    "FileResult",
+    "SharedRun",
+    "local_mesh",
+    "merge_previous_report",
+    "remove_stale_partials",
+    "run_arrays",
+    "run_batch",
+    "run_shared",
+    "write_report",
+]
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +127,30 @@ class BatchStopped(UserError):
         self.results = results
 
 
+@dataclasses.dataclass
+class SharedRun:
+    """What `run_shared` returns on every process. results: the whole run's, one per job in job order;
+    stopped: why the run stopped early on some process ("" if it did not); windows: (channel, window) items
+    sampled on this process; written: outputs this process wrote."""
+
+    results: list[FileResult]
+    stopped: str = ""
+    windows: int = 0
+    written: int = 0
+
+
 @dataclasses.dataclass(frozen=True)
 class _Item:
     """One unit of work: a file (``source`` its path, ``output`` where to write) or audio in memory
-    (``source`` = (array [N] or [C, N], sample_rate), ``output`` None: the result is returned)."""
+    (``source`` = (array [N] or [C, N], sample_rate), ``output`` None: the result is returned).
+    ``windows``: sample only windows [start, stop) here (None: all); ``owned``: this process finishes it
+    (else its windows are kept for the owner, `run_shared`)."""
 
     name: str  # the input's name in messages and the report
     source: Any
     output: str | None
+    windows: tuple[int, int] | None = None
+    owned: bool = True
 
 
 @dataclasses.dataclass
@@ -107,9 +160,10 @@ class _File:
     plan: windows.WindowPlan
     lowpassed: np.ndarray  # [C, num_windows, window]
     out: np.ndarray  # [C, num_windows, window + 16], filled as batches come back
+    ready: np.ndarray  # [C, num_windows] bool: which items of `out` are filled
     loudness: float | None
-    remaining: int
     start: float
+    remaining: int = 0  # items queued and not back yet
 
 
 def local_mesh() -> Mesh:
@@ -117,11 +171,36 @@ def local_mesh() -> Mesh:
     return Mesh(np.asarray(jax.local_devices()), ("data",))
 
 
-def _remove_stale_partials(folder: str) -> None:
-    if os.path.isdir(folder):
-        for name in os.listdir(folder):
-            if name.startswith(".") and ".partial-" in name:
-                os.remove(os.path.join(folder, name))
+def remove_stale_partials(paths) -> None:
+    """Remove what interrupted writes of `paths` left: `audio.atomic_write`'s hidden ".NAME.partial-*" files
+    beside each path. Only these paths' own: another output's partial file may be a write in flight (another
+    process of the job, or another run into the same folder)."""
+    prefixes = defaultdict(set)  # folder → {".NAME.partial-"}
+    for path in paths:
+        if path:
+            prefixes[os.path.dirname(os.path.abspath(path))].add("." + os.path.basename(path) + ".partial-")
+    for folder, names in prefixes.items():
+        if os.path.isdir(folder):
+            for name in os.listdir(folder):
+                if name.startswith(tuple(names)):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(os.path.join(folder, name))
+
+
+def _probe(path: str, cfg: BatchConfig) -> tuple[int, int]:
+    """(windows, cost of one window) of a file from its header alone, to share work out before any file is
+    read: the cost is channels × window length in 5.12 s segments. A file whose header cannot be read or
+    used counts as one window of cost 1 (its owner reports why it fails). A header that misleads (the data
+    turns out shorter) only costs balance: `run_shared` computes whatever did not arrive."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(path)
+        n = (2 * info.frames * audio.SAMPLE_RATE + info.samplerate) // (2 * info.samplerate)  # soxr's length
+        plan = windows.plan_windows(n, max_window=cfg.max_window_segments * audio.SEGMENT_SAMPLES)
+    except (OSError, RuntimeError, ValueError, ZeroDivisionError):  # libsndfile's errors are RuntimeErrors
+        return 1, 1
+    return plan.num_windows, max(1, min(info.channels, cfg.max_channels)) * (plan.window // audio.SEGMENT_SAMPLES)
 
 
 def _loudness(x: np.ndarray, sr: int) -> float | None:
@@ -157,7 +236,7 @@ def _prepare(job: _Item, cfg: BatchConfig, result: FileResult) -> _File:
     result.windows, result.cutoff_hz = len(plan.starts), cutoffs
     result.note = "" if isinstance(job.source, tuple) else audio.truncation_note(job.source)
     out = np.zeros((*lowpassed.shape[:2], plan.window + 16), np.float32)
-    return _File(job, result, plan, lowpassed, out, loud, lowpassed.shape[0] * lowpassed.shape[1], time.perf_counter())
+    return _File(job, result, plan, lowpassed, out, np.zeros(lowpassed.shape[:2], bool), loud, time.perf_counter())
 
 
 def _replace_low_band(f: _File) -> None:
@@ -197,14 +276,14 @@ def _finish(f: _File, cfg: BatchConfig) -> np.ndarray | None:
 
 def run_batch(weights: AudioSRWeights, jobs: list[Job], cfg: BatchConfig = BatchConfig(), mesh: Mesh | None = None,
               progress: bool = True) -> list[FileResult]:
-    """Super-resolve every job (input file → output path). Returns one FileResult per job, in job order.
+    """Super-resolve every job (input file → output path) in this process. Returns one FileResult per job,
+    in job order.
 
     Never raises for a bad input file: its result has status "failed" and a one-line reason. Raises
     BatchStopped (with every result) when the output location is full or read-only.
     """
     items = [_Item(j.input, j.input, j.output) for j in jobs]
-    for folder in {os.path.dirname(os.path.abspath(j.output)) for j in jobs}:
-        _remove_stale_partials(folder)
+    remove_stale_partials([j.output for j in jobs])
     results, _ = _run(weights, items, cfg, mesh, progress, unit="file")
     return results
 
@@ -219,37 +298,198 @@ def run_arrays(weights: AudioSRWeights, arrays: list[tuple[np.ndarray, int]], cf
     return _run(weights, items, cfg, mesh, progress, unit="array")
 
 
-def _run(weights: AudioSRWeights, jobs: list[_Item], cfg: BatchConfig, mesh: Mesh | None, progress: bool,
+def _run(weights: AudioSRWeights, items: list[_Item], cfg: BatchConfig, mesh: Mesh | None, progress: bool,
          unit: str) -> tuple[list[FileResult], list[np.ndarray | None]]:
     """The engine behind `run_batch` and `run_arrays`: (results, in-memory outputs), in item order."""
-    from tqdm import tqdm
-
-    mesh = mesh or local_mesh()
-    devices = mesh.devices.size
-    batch = cfg.batch_per_device * devices
-    data_sharding, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
-    # Lazy weights (load_weights(..., lazy=True), --low-memory) run stage by stage, one network in memory.
-    params = jax.device_put(weights.params, replicated) if weights.resident else None
-    steps = num_sampler_steps(cfg.options, weights)
-    results = [FileResult(j.name, j.output or "", "pending") for j in jobs]
-    outputs: list[np.ndarray | None] = [None] * len(jobs)
-    queues: dict[int, deque] = defaultdict(deque)  # window length → (file, channel, window) items
-    files: dict[int, _File] = {}
-
-    # a per-step bar (ticks from inside the sampler) when asked for, else the files bar
-    step_bar = contextlib.ExitStack()
-    steps_view = None
-    if cfg.options.progress:
-        steps_view = step_bar.enter_context(step_progress.step_bar(desc=jobs[0].name if len(jobs) == 1 else "sampling"))
-        progress = False
-    calls = sampling.num_network_calls(cfg.options.sampler, cfg.options.steps, weights.diffusion.num_timesteps)
-    bar = tqdm(total=len(jobs), unit=unit, disable=not progress, desc="audiosr-jax")
-    counts = {"windows": 0, "batches": 0}  # shown beside the file count: sampler steps run so far
-
-    def finish(i: int, f: _File):
+    with _Engine(weights, items, cfg, mesh, progress, unit) as engine:
         try:
-            outputs[i] = _finish(f, cfg)
+            engine.run_all()
+        except BatchStopped as stop:
+            engine.fail_pending(str(stop))
+            raise BatchStopped(str(stop), engine.results) from None
+    return engine.results, engine.outputs
+
+
+def run_shared(weights: AudioSRWeights, jobs: list[Job], cfg: BatchConfig = BatchConfig(), mesh: Mesh | None = None,
+               progress: bool = True) -> SharedRun:
+    """`run_batch` for one process of a multi-process job (after `jax.distributed.initialize`): every process
+    calls it with the same jobs and samples its share of their windows on its local devices (`mesh`, default
+    all of them); see the module docstring. Each output is written once, by its file's owner.
+
+    Returns, on every process, the whole run's results (bad files "failed" with a one-line reason, never
+    raised) and `stopped`, set when some process found the output location full or read-only.
+    """
+    me = jax.process_index()
+    probes = [_probe(j.input, cfg) for j in jobs]
+    shares = share_windows([n for n, _ in probes], [c for _, c in probes], jax.process_count())
+    owner = {s.index: s.process for s in shares if s.start == 0}
+    mine = [s for s in shares if s.process == me]
+    items = [_Item(jobs[s.index].input, jobs[s.index].input, jobs[s.index].output, (s.start, s.stop),
+                   owner[s.index] == me) for s in mine]
+    remove_stale_partials([item.output for item in items if item.owned])
+    stopped = ""
+    with _Engine(weights, items, cfg, mesh, progress, unit="file") as engine:
+        try:
+            engine.run_all()
+        except BatchStopped as stop:
+            stopped = str(stop)
+        _exchange_windows(engine, [s.index for s in mine])  # every process, exactly once, whatever happened
+        if not stopped:
+            try:
+                engine.complete_owned()
+            except BatchStopped as stop:
+                stopped = str(stop)
+        if stopped:
+            engine.fail_pending(stopped)
+    owned = {s.index: engine.results[i] for i, s in enumerate(mine) if items[i].owned}
+    results, stopped = _exchange_results(owned, stopped, len(jobs))
+    return SharedRun(results, stopped, engine.counts["windows"], engine.written)
+
+
+class _Engine:
+    """The batch loop over one process's devices, for `items` (`_Item`).
+
+    `start(i)` prepares item i (or marks it skipped/failed) and queues its (channel, window) items per window
+    length; full batches run as soon as they fill, `drain()` runs the rest padded with silent dummies. When
+    the last queued window of a file is back, the file is finished (written, or returned in `outputs`) if it
+    is owned here and complete, else kept in `kept` for `run_shared`'s exchange. Use as a context manager
+    (closes the progress bars)."""
+
+    def __init__(self, weights: AudioSRWeights, items: list[_Item], cfg: BatchConfig, mesh: Mesh | None,
+                 progress: bool, unit: str):
+        from tqdm import tqdm
+
+        self.weights, self.items, self.cfg = weights, items, cfg
+        self.mesh = mesh or local_mesh()
+        self.batch = cfg.batch_per_device * self.mesh.devices.size
+        self.replicated = NamedSharding(self.mesh, P())
+        # Lazy weights (load_weights(..., lazy=True), --low-memory) run stage by stage, one network in memory.
+        self.params = jax.device_put(weights.params, self.replicated) if weights.resident else None
+        self.steps = num_sampler_steps(cfg.options, weights)
+        self.results = [FileResult(j.name, j.output or "", "pending") for j in items]
+        self.outputs: list[np.ndarray | None] = [None] * len(items)
+        self.kept: dict[int, _File] = {}
+        self.queues: dict[int, deque] = defaultdict(deque)  # window length → (item, file, channel, window)
+        self.counts = {"windows": 0, "batches": 0}  # shown beside the file count: sampler steps run so far
+        self.written = 0
+        self._ticked: set[int] = set()
+        self._close = contextlib.ExitStack()
+        self.steps_view = None
+        if cfg.options.progress and items:  # a per-step bar (ticks from inside the sampler), else the files bar
+            desc = items[0].name if len(items) == 1 else "sampling"
+            self.steps_view = self._close.enter_context(step_progress.step_bar(desc=desc))
+            progress = False
+        self.calls = sampling.num_network_calls(cfg.options.sampler, cfg.options.steps,
+                                                weights.diffusion.num_timesteps)
+        self.bar = self._close.enter_context(tqdm(total=len(items), unit=unit, disable=not progress,
+                                                  desc="audiosr-jax"))
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._close.close()
+
+    def run_all(self) -> None:
+        """Start every item, then drain the queues."""
+        for i in range(len(self.items)):
+            self.start(i)
+        self.drain()
+
+    def start(self, i: int) -> None:
+        """Prepare item i and queue its windows; or mark it skipped (output exists) or failed (one-line reason)."""
+        item, res = self.items[i], self.results[i]
+        if item.output is not None and os.path.exists(item.output) and not self.cfg.overwrite:
+            res.status, res.reason = "skipped", "output exists (use --overwrite to redo)"
+            self._tick(i)
+            return
+        try:
+            f = _prepare(item, self.cfg, res)
+        except UserError as e:
+            res.status, res.reason = "failed", str(e)
+        except Exception as e:  # a batch job goes on past any one file; the reason is reported
+            res.status, res.reason = "failed", f"{item.name}: unexpected error: {type(e).__name__}: {e}"
+        if res.status == "failed":
+            self._tick(i)
+            return
+        first, stop = item.windows or (0, f.plan.num_windows)
+        self.queue(i, f, range(first, min(stop, f.plan.num_windows)))
+
+    def queue(self, i: int, f: _File, wins) -> None:
+        """Queue windows `wins` (every channel) of item i's file; with none to queue, it is done at once."""
+        for c in range(f.out.shape[0]):
+            for w in wins:
+                self.queues[f.plan.window].append((i, f, c, w))
+        f.remaining += f.out.shape[0] * len(wins)
+        if f.remaining == 0:
+            self._done(i, f)
+        else:
+            self.run(f.plan.window, force=False)
+
+    def drain(self) -> None:
+        """Run every queued item (the last batch of each length padded with dummies)."""
+        for length in list(self.queues):
+            self.run(length, force=True)
+
+    def run(self, length: int, force: bool) -> None:
+        """Run the full batches queued for windows of `length` samples (and a partial one when `force`)."""
+        cfg, weights, q = self.cfg, self.weights, self.queues[length]
+        while len(q) >= self.batch or (force and q):
+            items = [q.popleft() for _ in range(min(self.batch, len(q)))]
+            real = len(items)
+            x = np.zeros((self.batch, length), np.float32)
+            chans, wins = [], []
+            for k, (_, f, c, w) in enumerate(items):
+                x[k] = f.lowpassed[c, w]
+                chans.append(c)
+                wins.append(w)
+            chans += [0] * (self.batch - real)  # dummies: silent input, output discarded
+            wins += [0] * (self.batch - real)
+            noise = draw_noise(item_keys(cfg.seed, chans, wins), latent_shape(length // audio.HOP, weights), self.steps)
+            noise = type(noise)(*(jax.device_put(a, NamedSharding(self.mesh, P(*([None] * (a.ndim - 4)), "data")))
+                                  for a in noise))
+            x = jax.device_put(x, NamedSharding(self.mesh, P("data")))
+            if self.steps_view is not None:
+                self.steps_view.add(self.calls)
+            if self.params is None:
+                y = super_resolve_windows_low_memory(weights, x, noise, cfg.options, sharding=self.replicated,
+                                                     replace_low_band=False)
+            else:
+                y = super_resolve_windows(weights, x, noise, cfg.options, params=self.params, replace_low_band=False)
+            y = np.asarray(y)
+            self.counts["windows"] += real
+            self.counts["batches"] += 1
+            self.bar.set_postfix(windows=self.counts["windows"], batches=self.counts["batches"],
+                                 steps=self.counts["batches"] * self.steps, refresh=False)
+            for k, (i, f, c, w) in enumerate(items):
+                f.out[c, w] = y[k]
+                f.ready[c, w] = True
+                f.remaining -= 1
+                if f.remaining == 0:
+                    self._done(i, f)
+
+    def _done(self, i: int, f: _File) -> None:
+        """Every queued window of item i is back: finish its file if owned here and complete, else keep it."""
+        f.result.seconds += time.perf_counter() - f.start
+        if self.items[i].owned and f.ready.all():
+            self.finish(i, f)
+        else:
+            self.kept[i] = f
+        self._tick(i)
+
+    def _tick(self, i: int) -> None:
+        if i not in self._ticked:
+            self._ticked.add(i)
+            self.bar.update(1)
+
+    def finish(self, i: int, f: _File) -> None:
+        """Write (or keep in `outputs`) item i's file; a failure goes into its result. Raises BatchStopped when
+        the output location is full or read-only."""
+        start = time.perf_counter()
+        try:
+            self.outputs[i] = _finish(f, self.cfg)
             f.result.status = "ok"
+            self.written += f.job.output is not None
         except OSError as e:
             f.result.status, f.result.reason = "failed", f"{f.job.output}: cannot write: {e.strerror or e}"
             if e.errno in _FATAL_WRITE_ERRNOS:
@@ -259,77 +499,104 @@ def _run(weights: AudioSRWeights, jobs: list[_Item], cfg: BatchConfig, mesh: Mes
             f.result.status, f.result.reason = "failed", str(e)
         except Exception as e:
             f.result.status, f.result.reason = "failed", f"{f.job.name}: unexpected error: {type(e).__name__}: {e}"
-        f.result.seconds += time.perf_counter() - f.start
-        files.pop(i, None)
-        bar.update(1)
+        f.result.seconds += time.perf_counter() - start
 
-    def run(length: int, force: bool):
-        q = queues[length]
-        while len(q) >= batch or (force and q):
-            items = [q.popleft() for _ in range(min(batch, len(q)))]
-            real = len(items)
-            x = np.zeros((batch, length), np.float32)
-            chans, wins = [], []
-            for i, (_, f, c, w) in enumerate(items):
-                x[i] = f.lowpassed[c, w]
-                chans.append(c)
-                wins.append(w)
-            chans += [0] * (batch - real)  # dummies: silent input, output discarded
-            wins += [0] * (batch - real)
-            noise = draw_noise(item_keys(cfg.seed, chans, wins), latent_shape(length // audio.HOP, weights), steps)
-            noise = type(noise)(*(jax.device_put(a, NamedSharding(mesh, P(*([None] * (a.ndim - 4)), "data")))
-                                  for a in noise))
-            x = jax.device_put(x, data_sharding)
-            if steps_view is not None:
-                steps_view.add(calls)
-            if params is None:
-                y = super_resolve_windows_low_memory(weights, x, noise, cfg.options, sharding=replicated,
-                                                     replace_low_band=False)
-            else:
-                y = super_resolve_windows(weights, x, noise, cfg.options, params=params, replace_low_band=False)
-            y = np.asarray(y)
-            counts["windows"] += real
-            counts["batches"] += 1
-            bar.set_postfix(windows=counts["windows"], batches=counts["batches"], steps=counts["batches"] * steps,
-                            refresh=False)
-            for i, (index, f, c, w) in enumerate(items):
-                f.out[c, w] = y[i]
-                f.remaining -= 1
-                if f.remaining == 0:
-                    finish(index, f)
+    def complete_owned(self) -> None:
+        """After the window exchange: sample the windows still missing from the kept files owned here, then
+        finish them."""
+        for i, f in list(self.kept.items()):
+            if self.items[i].owned:
+                del self.kept[i]
+                f.start = time.perf_counter()
+                self.queue(i, f, [w for w in range(f.plan.num_windows) if not f.ready[:, w].all()])
+        self.drain()
 
-    try:
-        for index, job in enumerate(jobs):
-            res = results[index]
-            if job.output is not None and os.path.exists(job.output) and not cfg.overwrite:
-                res.status, res.reason = "skipped", "output exists (use --overwrite to redo)"
-                bar.update(1)
-                continue
-            try:
-                f = _prepare(job, cfg, res)
-            except UserError as e:
-                res.status, res.reason = "failed", str(e)
-            except Exception as e:  # a batch job goes on past any one file; the reason is reported
-                res.status, res.reason = "failed", f"{job.name}: unexpected error: {type(e).__name__}: {e}"
-            if res.status == "failed":
-                bar.update(1)
-                continue
-            files[index] = f
-            for c in range(f.lowpassed.shape[0]):
-                for w in range(f.lowpassed.shape[1]):
-                    queues[f.plan.window].append((index, f, c, w))
-            run(f.plan.window, force=False)
-        for length in list(queues):
-            run(length, force=True)
-    except BatchStopped as stop:
-        for r in results:
+    def fail_pending(self, why: str) -> None:
+        """Mark every item not finished as failed, naming `why` (the run stopped)."""
+        for r in self.results:
             if r.status == "pending":
-                r.status, r.reason = "failed", f"{r.input}: not processed: {stop}"
-        raise BatchStopped(str(stop), results) from None
-    finally:
-        bar.close()
-        step_bar.close()
-    return results, outputs
+                r.status, r.reason = "failed", f"{r.input}: not processed: {why}"
+
+
+def _exchange_windows(engine: _Engine, job_of: list[int]) -> None:
+    """The first end-of-run exchange (a collective: every process calls it once). Sends the windows this
+    process sampled for files owned elsewhere ("meta": job, plan, windows, seconds; arrays "JOB.W" [C,
+    window + 16]) and fills the kept files owned here with what the others sampled for them. `job_of`: the
+    job index of each of the engine's items. Windows sampled under another plan (a file that changed, or
+    read otherwise) are ignored; the owner samples those itself."""
+    meta, arrays = [], {}
+    for i, f in engine.kept.items():
+        if not engine.items[i].owned:
+            done = [int(w) for w in np.flatnonzero(f.ready.all(axis=0))]
+            meta.append({"job": job_of[i], "plan": [f.plan.n, f.plan.window, f.out.shape[0]], "windows": done,
+                         "seconds": f.result.seconds})
+            arrays.update({f"{job_of[i]}.{w}": f.out[:, w] for w in done})
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+    owned = {job_of[i]: f for i, f in engine.kept.items() if engine.items[i].owned}
+    for data in _allgather_bytes(buf.getvalue()):
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            for m in json.loads(npz["meta"].tobytes()):
+                f = owned.get(m["job"])
+                if f is None or m["plan"] != [f.plan.n, f.plan.window, f.out.shape[0]]:
+                    continue
+                for w in m["windows"]:
+                    f.out[:, w] = npz[f"{m['job']}.{w}"]
+                    f.ready[:, w] = True
+                f.result.seconds += m["seconds"]
+
+
+def _exchange_results(owned: dict[int, FileResult], stopped: str, count: int) -> tuple[list[FileResult], str]:
+    """The second end-of-run exchange (a collective): each job's result from its owner. In: this process's
+    results by job index, why it stopped early ("" if it did not), the number of jobs. Out: the whole run's
+    results in job order, and the first process's reason for stopping ("" if none stopped)."""
+    data = json.dumps({"results": [[j, dataclasses.asdict(r)] for j, r in owned.items()], "stopped": stopped})
+    results: list = [None] * count
+    stops = []
+    for payload in _allgather_bytes(data.encode()):
+        part = json.loads(payload)
+        for j, r in part["results"]:
+            results[j] = FileResult(**r)
+        stops += [part["stopped"]] if part["stopped"] else []
+    return results, (stops[0] if stops else "")
+
+
+_GATHER_CHUNK = 1 << 24  # bytes per all-gather round: each local device holds processes × this at once
+# How long a process that is done waits at the end-of-run barrier for the others (a dead process is noticed
+# sooner: the distributed runtime's heartbeats fail every process).
+_BARRIER_TIMEOUT_MS = 7 * 24 * 3600 * 1000
+_gathers = itertools.count()  # same sequence on every process: unique barrier names
+
+
+def _allgather_bytes(data: bytes) -> list[bytes]:
+    """Every process's `data`, in process order. A collective over every device of the job: every process
+    must call it the same number of times, in the same order. Needs no shared filesystem; rounds of at most
+    `_GATHER_CHUNK` bytes bound the device memory it takes."""
+    sizes = _gather_after_barrier(np.frombuffer(len(data).to_bytes(8, "little"), np.uint8))
+    sizes = [int.from_bytes(row.tobytes(), "little") for row in sizes]
+    chunk = max(1, min(_GATHER_CHUNK, max(sizes)))
+    mine = np.frombuffer(data, np.uint8)
+    parts = [bytearray() for _ in sizes]
+    for offset in range(0, max(sizes), chunk):
+        piece = np.zeros(chunk, np.uint8)
+        here = mine[offset:offset + chunk]
+        piece[:here.size] = here
+        gathered = _gather_after_barrier(piece)  # [processes, chunk]
+        for p, size in enumerate(sizes):
+            parts[p] += gathered[p, :max(0, min(chunk, size - offset))].tobytes()
+    return [bytes(p) for p in parts]
+
+
+def _gather_after_barrier(x: np.ndarray) -> np.ndarray:
+    """`multihost_utils.process_allgather(x)` ([processes, *x.shape]) once every process has reached it.
+    The wait is a barrier of the distributed runtime's coordination service: a device collective cannot
+    wait long (gloo gives up setting one up after 30 s) and processes arrive at the end of a run minutes or
+    hours apart."""
+    import orbax.checkpoint as ocp
+    from jax.experimental import multihost_utils
+
+    ocp.multihost.get_barrier_sync_fn()(key=f"audiosr-jax/gather-{next(_gathers)}", timeout_ms=_BARRIER_TIMEOUT_MS)
+    return multihost_utils.process_allgather(x)
 
 
 def write_report(results: list[FileResult], path: str) -> None:

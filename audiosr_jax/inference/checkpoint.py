@@ -245,7 +245,8 @@ def _first_line(e: Exception) -> str:
 
 
 def _restore_part(weights: AudioSRWeights, name: str, sharding) -> dict:
-    """Partial orbax restore of one `PARTS` entry of a lazy checkpoint, placed with `sharding`."""
+    """Partial orbax restore of one `PARTS` entry of a lazy checkpoint, placed with `sharding` (devices of this
+    process), by this process alone: no barrier with the other processes of a multi-process job."""
     import orbax.checkpoint as ocp
 
     tree = weights.abstract_part(name)  # raises for an unknown part
@@ -254,8 +255,13 @@ def _restore_part(weights: AudioSRWeights, name: str, sharding) -> dict:
     item = {top: tree}
     restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=sharding, global_shape=x.shape, dtype=x.dtype),
                                 item)
+    # This process alone: orbax's default is a barrier across every process of the job after each restore,
+    # and the processes of a multi-host sampling job restore a different number of times (one per batch).
+    me = jax.process_index()
+    alone = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
     try:
-        out = ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).restore(
+        out = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(multiprocessing_options=alone),
+                               multiprocessing_options=alone).restore(
             ocp_path(weights.directory),
             args=ocp.args.PyTreeRestore(item, restore_args=restore_args, partial_restore=True))
     except Exception as e:

@@ -7,6 +7,11 @@ Nothing is lost: an output that is, or would overwrite, an input is refused; the
 is never read back as input; the output and report locations are probed for writing up front; a full or
 read-only disk stops the run with one line (finished outputs are complete, nothing partial is left); a
 rerun keeps what the earlier report knew of the files it skips.
+
+In a multi-process job (``sample.py --multihost``: `jax.process_count()` > 1) every process calls
+`run_files` with the same plan: `batch.run_shared` shares the files' windows out over the processes and
+brings every result to every process with a jax all-gather (no shared filesystem needed, nothing left
+on disk but the outputs); process 0 alone writes the report, once, for the whole run.
 """
 
 from __future__ import annotations
@@ -17,7 +22,12 @@ import tempfile
 import time
 
 from audiosr_jax.errors import UserError
-from audiosr_jax.inference.inputs import Job, assign_outputs, check_outputs_are_not_inputs, expand_inputs
+from audiosr_jax.inference.inputs import (
+    Job,
+    assign_outputs,
+    check_outputs_are_not_inputs,
+    expand_inputs,
+)
 
 __all__ = ["FilePlan", "FilesOutcome", "plan_files", "run_files"]
 
@@ -35,14 +45,18 @@ class FilePlan:
 
 @dataclasses.dataclass
 class FilesOutcome:
-    """results: one FileResult per job; stopped: why the run stopped early ("" if it did not);
-    report: the report written (None if single or it could not be written); seconds: wall time."""
+    """results: one FileResult per job (the whole run's, on every process of a multi-process job); stopped:
+    why the run stopped early ("" if it did not); report: the report written (None if single, if it could not
+    be written, or on a process other than 0); seconds: wall time; process: (index, count) of this process;
+    share: what this process did in a multi-process job ("" in a one-process run)."""
 
     results: list
     stopped: str = ""
     report: str | None = None
     report_error: str = ""
     seconds: float = 0.0
+    process: tuple[int, int] = (0, 1)
+    share: str = ""
 
 
 def plan_files(inputs: list[str], output: str, *, overwrite: bool = False, report: str | None = None,
@@ -68,26 +82,50 @@ def plan_files(inputs: list[str], output: str, *, overwrite: bool = False, repor
 
 
 def run_files(weights, plan: FilePlan, cfg, mesh=None, progress: bool = True) -> FilesOutcome:
-    """Run the batch engine over `plan` (`batch.run_batch`) and write the report (merged with an earlier
-    one at the same path). A single-file plan always (re)writes its output, which `plan_files` checked."""
-    from audiosr_jax.inference.batch import BatchStopped, merge_previous_report, run_batch, write_report
+    """Run the batch engine over `plan` (`batch.run_batch`; `batch.run_shared` in a multi-process job) and
+    write the report (merged with an earlier one at the same path; process 0 only). A single-file plan always
+    (re)writes its output, which `plan_files` checked."""
+    import jax
+
+    from audiosr_jax.inference.batch import (
+        BatchStopped,
+        remove_stale_partials,
+        run_batch,
+        run_shared,
+    )
 
     if plan.single:  # one file: a live bar of sampler steps instead of a files bar
         cfg = dataclasses.replace(cfg, overwrite=True, options=cfg.options._replace(progress=progress))
     start = time.perf_counter()
-    outcome = FilesOutcome([])
-    try:
-        outcome.results = run_batch(weights, plan.jobs, cfg, mesh=mesh, progress=progress and not plan.single)
-    except BatchStopped as e:
-        outcome.results, outcome.stopped = e.results, str(e)
-    outcome.seconds = time.perf_counter() - start
-    if plan.report is not None:
+    outcome = FilesOutcome([], process=(jax.process_index(), jax.process_count()))
+    progress = progress and not plan.single
+    if jax.process_count() > 1:
+        shared = run_shared(weights, plan.jobs, cfg, mesh=mesh, progress=progress)
+        outcome.results, outcome.stopped = shared.results, shared.stopped
+        outcome.share = (f"process {jax.process_index()} of {jax.process_count()}: {shared.windows} window(s) "
+                         f"sampled, {shared.written} file(s) written")
+    else:
         try:
-            write_report(merge_previous_report(outcome.results, plan.report), plan.report)
-            outcome.report = plan.report
-        except OSError as e:
-            outcome.report_error = f"{plan.report}: cannot write the report: {e.strerror or e}"
+            outcome.results = run_batch(weights, plan.jobs, cfg, mesh=mesh, progress=progress)
+        except BatchStopped as e:
+            outcome.results, outcome.stopped = e.results, str(e)
+    outcome.seconds = time.perf_counter() - start
+    if plan.report is not None and jax.process_index() == 0:
+        remove_stale_partials([plan.report])
+        _write_report(plan.report, outcome)
     return outcome
+
+
+def _write_report(path: str, outcome: FilesOutcome) -> None:
+    """Write outcome.results to the report at `path`, merged with what an earlier report there knew; sets
+    outcome.report, or outcome.report_error (one line) when it cannot be written."""
+    from audiosr_jax.inference.batch import merge_previous_report, write_report
+
+    try:
+        write_report(merge_previous_report(outcome.results, path), path)
+        outcome.report = path
+    except OSError as e:
+        outcome.report_error = f"{path}: cannot write the report: {e.strerror or e}"
 
 
 def _check_output_file(path: str, overwrite: bool) -> None:

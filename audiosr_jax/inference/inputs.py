@@ -12,15 +12,22 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import soundfile as sf
 
 from audiosr_jax.errors import UserError
 
-__all__ = ["Job", "expand_inputs", "assign_outputs", "check_outputs_are_not_inputs", "AUDIO_EXTENSIONS",
-           "shard_for_host"]
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "Job",
+    "Share",
+    "assign_outputs",
+    "check_outputs_are_not_inputs",
+    "expand_inputs",
+    "share_windows",
+]
 
 AUDIO_EXTENSIONS = frozenset("." + ext.lower() for ext in sf.available_formats()) | {".oga", ".opus", ".aif"}
 
@@ -87,7 +94,7 @@ def expand_inputs(specs: Iterable[str], exclude: str | None = None) -> list[Job]
         elif os.path.exists(spec) and not spec.endswith(".txt"):
             found = [Job(spec, os.path.basename(spec))]
         elif is_list:
-            found = [Job(p, os.path.basename(p)) for p in _read_list(spec[1:] if spec.startswith("@") else spec)]
+            found = [Job(p, os.path.basename(p)) for p in _read_list(spec.removeprefix("@"))]
         elif glob.has_magic(spec):
             root = spec.split("*")[0].split("?")[0].split("[")[0]
             root = root if root.endswith(os.sep) else os.path.dirname(root)
@@ -134,6 +141,36 @@ def assign_outputs(jobs: list[Job], output: str, extension: str = ".wav") -> lis
     return out
 
 
-def shard_for_host(jobs: list[Job], process_index: int, process_count: int) -> list[Job]:
-    """This host's share of the jobs (round-robin over the sorted list, so every host sees a similar mix)."""
-    return jobs[process_index::process_count]
+@dataclass(frozen=True)
+class Share:
+    """Windows [start, stop) of job `index` (every channel of them), computed by process `process`."""
+
+    index: int
+    start: int
+    stop: int
+    process: int
+
+
+def share_windows(windows: Sequence[int], costs: Sequence[int], process_count: int) -> list[Share]:
+    """Share a run's (job, window) units out over `process_count` processes (multi-host sampling).
+
+    In: per job, its number of windows and the cost of one window (an integer, e.g. channels × window
+    length in 5.12 s segments). Out: contiguous runs of one job's windows, in job order. Each process gets
+    one contiguous stretch of the units, of about equal total cost: a unit goes to the process whose
+    equal-cost slice holds its midpoint (the lower one on a tie). So a long file is split by window over
+    several processes and a short one stays on one; with more processes than units some get none. Integer
+    arithmetic only: every process computes the same shares.
+    """
+    total = sum(n * c for n, c in zip(windows, costs))
+    shares: list[Share] = []
+    done = 0
+    for index, (n, cost) in enumerate(zip(windows, costs)):
+        for w in range(n):
+            process = min(process_count - 1, (2 * done + cost - 1) * process_count // (2 * total))
+            done += cost
+            last = shares[-1] if shares else None
+            if last is not None and (last.index, last.process, last.stop) == (index, process, w):
+                shares[-1] = Share(index, last.start, w + 1, process)
+            else:
+                shares.append(Share(index, w, w + 1, process))
+    return shares

@@ -30,12 +30,17 @@ _TORCH_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt", ".safetensors")
 
 def resolve_checkpoint(model: str | os.PathLike, cache_dir: str | None = None) -> str:
     """A converted checkpoint directory for `model`: a released model name (`RELEASES`), an existing
-    checkpoint directory (returned as is), or a PyTorch checkpoint file (converted once into the cache).
-    Raises CheckpointError (one line) for an unknown name, a missing path or a failed download."""
-    from audiosr_jax import runtime
+    checkpoint directory or a URI of one (``gs://...``; returned as is), or a PyTorch checkpoint file
+    (converted once into the cache). Raises CheckpointError (one line) for an unknown name, a missing path
+    or a failed download."""
+    from audiosr_jax import paths, runtime
 
     model = os.fspath(model)
     cache = os.path.join(cache_dir or runtime.cache_root(), "converted")
+    if paths.is_remote(model):  # a URI is never a hub name: load_weights reads it (or says why not)
+        return model
+    if paths.scheme(model) == "file":
+        model = str(paths.resolve(model))
     if os.path.isdir(model):
         return model
     if os.path.isfile(model):
