@@ -237,3 +237,20 @@ def test_damaged_latest_checkpoint_is_set_aside_inside_the_file_uri_workdir(uri_
     assert sorted(p.name for p in ckpts.iterdir()) == ["1", "2.corrupt"]
     assert {p: p.read_bytes() for p in (ckpts / "1").rglob("*") if p.is_file()} == before
     assert not list(cwd.iterdir())
+
+
+def test_inference_checkpoints_named_by_uri(tiny_checkpoint_dir, tmp_path, monkeypatch):
+    """load_weights reads a checkpoint named by a file:// URI where it points; a gs:// name is never taken
+    for a hub model name or a local path."""
+    from audiosr_jax.inference.checkpoint import load_weights
+    from audiosr_jax.inference.pretrained import resolve_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    a = load_weights(tiny_checkpoint_dir)
+    b = load_weights("file://" + os.path.abspath(tiny_checkpoint_dir))
+    assert b.directory == os.path.abspath(tiny_checkpoint_dir)
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert resolve_checkpoint("gs://bucket/ckpt") == "gs://bucket/ckpt"
+    assert resolve_checkpoint("file://" + os.path.abspath(tiny_checkpoint_dir)) == os.path.abspath(tiny_checkpoint_dir)
+    assert not list(tmp_path.iterdir())  # nothing named "file:" or "gs:" appeared here

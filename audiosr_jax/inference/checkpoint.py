@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from audiosr_jax import paths
 from audiosr_jax.atomic import swap_in
 from audiosr_jax.diffusion.config import DiffusionConfig
 from audiosr_jax.errors import CheckpointError
@@ -196,16 +197,16 @@ def load_weights(directory: str | os.PathLike, sharding: jax.sharding.Sharding |
     import orbax.checkpoint as ocp
     from etils import epath
 
-    directory = os.path.abspath(os.fspath(directory))
-    if not os.path.exists(directory):
+    root = paths.resolve(directory)  # a path or a URI (gs://...)
+    directory = str(root)
+    if not root.exists():
         raise CheckpointError(f"{directory}: checkpoint directory does not exist")
-    arch_path = os.path.join(directory, "architecture.json")
-    if not os.path.isfile(arch_path):
-        hint = " (a PyTorch file? convert it first: python -m audiosr_jax.convert IN OUT)" if os.path.isfile(directory) else ""
+    arch_path = root / "architecture.json"
+    if not arch_path.is_file():
+        hint = " (a PyTorch file? convert it first: python -m audiosr_jax.convert IN OUT)" if root.is_file() else ""
         raise CheckpointError(f"{directory}: not an audiosr-jax checkpoint (no architecture.json){hint}")
     try:
-        with open(arch_path) as f:
-            arch = json.load(f)
+        arch = json.loads(arch_path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{arch_path}: unreadable architecture file: {e}") from None
     if arch.get("format") != FORMAT:
@@ -228,10 +229,31 @@ def load_weights(directory: str | os.PathLike, sharding: jax.sharding.Sharding |
     if sharding is not None:
         target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), target)
     try:
-        weights.params = ocp.StandardCheckpointer().restore(ocp_path(directory), target)
+        # this process alone: every process of a multi-host job loads the weights for its own devices
+        weights.params = _process_local_checkpointer().restore(
+            ocp_path(directory), args=ocp.args.PyTreeRestore(target, restore_args=_restore_args(target)))
     except Exception as e:  # orbax raises many types for missing/corrupt/mismatched files
         raise CheckpointError(f"{directory}: cannot restore the weights (corrupt or incomplete?): {_first_line(e)}") from None
     return weights
+
+
+def _process_local_checkpointer():
+    """An orbax checkpointer that reads for this process only: no barrier with the job's other processes."""
+    import orbax.checkpoint as ocp
+
+    me = jax.process_index()
+    alone = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(multiprocessing_options=alone), multiprocessing_options=alone)
+
+
+def _restore_args(target):
+    """Restore arguments for an abstract tree: each leaf as a jax.Array with its sharding (default: the first
+    local device), shape and dtype."""
+    import orbax.checkpoint as ocp
+
+    default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=getattr(x, "sharding", None) or default,
+                                                       global_shape=x.shape, dtype=x.dtype), target)
 
 
 def ocp_path(directory: str) -> str:
@@ -257,11 +279,8 @@ def _restore_part(weights: AudioSRWeights, name: str, sharding) -> dict:
                                 item)
     # This process alone: orbax's default is a barrier across every process of the job after each restore,
     # and the processes of a multi-host sampling job restore a different number of times (one per batch).
-    me = jax.process_index()
-    alone = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
     try:
-        out = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(multiprocessing_options=alone),
-                               multiprocessing_options=alone).restore(
+        out = _process_local_checkpointer().restore(
             ocp_path(weights.directory),
             args=ocp.args.PyTreeRestore(item, restore_args=restore_args, partial_restore=True))
     except Exception as e:
