@@ -29,6 +29,11 @@ kernel gradient over the replicas too when the batch is sharded on some mesh axe
 the kernel itself is sharded). The training step therefore runs under :func:`grouped_convs_batch_sharded`,
 which pins every grouped conv's input and output to a batch sharded over *all* mesh axes (replicated if
 the batch does not divide), never over a subset.
+
+Meshes come from the config (:func:`mesh_from_config`): ``config.mesh`` is laid out by jax's topology-aware
+``mesh_utils.create_device_mesh`` and ``config.mesh_dcn`` multiplies it across slices or processes
+(``create_hybrid_device_mesh``). :func:`check_batch`, :func:`check_batch_spans_processes` and
+:func:`check_rules` are what the training loop checks before anything is compiled or read.
 """
 
 from __future__ import annotations
@@ -56,26 +61,107 @@ class ShardingError(UserError):
     """A mesh or batch that does not fit the devices (one-line message naming the numbers)."""
 
 
-def make_mesh(axes: Sequence[tuple[str, int]], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A mesh over ``devices`` (default: all) with named axes, e.g. ``(("data", -1), ("fsdp", 2))``.
-
-    One size may be -1 (takes what is left). The product must equal the device count.
-    """
-    devices = list(jax.devices() if devices is None else devices)
-    names = tuple(a for a, _ in axes)
+def _axis_sizes(axes: Sequence[tuple[str, int]], what: str) -> tuple[tuple[str, ...], list[int]]:
+    """(names, sizes) of a config mesh ((name, size), ...); ShardingError (one line) for a repeated name,
+    more than one -1, or a size that is 0 or below -1. ``what`` names the setting in the message."""
+    names = tuple(str(a) for a, _ in axes)
     sizes = [int(s) for _, s in axes]
     if len(set(names)) != len(names):
-        raise ShardingError(f"mesh axes {names} repeat a name")
+        raise ShardingError(f"{what} {names} repeats an axis name")
     if sizes.count(-1) > 1:
-        raise ShardingError(f"mesh {dict(axes)}: at most one axis may be -1")
+        raise ShardingError(f"{what} {dict(zip(names, sizes))}: at most one axis may be -1")
+    if any(s == 0 or s < -1 for s in sizes):
+        raise ShardingError(f"{what} {dict(zip(names, sizes))}: sizes must be >= 1 (or one -1)")
+    return names, sizes
+
+
+def _resolve(names: tuple[str, ...], sizes: list[int], n: int, what: str, unit: str) -> list[int]:
+    """``sizes`` with its -1 replaced by what is left of ``n`` (devices, or slices); ShardingError (one line,
+    ``what`` and both numbers named) when the product is not ``n``."""
     known = math.prod(s for s in sizes if s != -1)
-    if any(s == 0 or s < -1 for s in sizes) or len(devices) % known:
-        raise ShardingError(f"mesh {dict(zip(names, sizes))} does not divide the {len(devices)} devices")
-    sizes = [len(devices) // known if s == -1 else s for s in sizes]
-    if math.prod(sizes) != len(devices):
-        raise ShardingError(f"mesh {dict(zip(names, sizes))} needs {math.prod(sizes)} devices, "
-                            f"there are {len(devices)}")
-    return Mesh(np.asarray(devices, dtype=object).reshape(sizes), names)
+    if -1 in sizes and n % known:
+        raise ShardingError(f"{what} {dict(zip(names, sizes))} does not divide the {n} {unit}")
+    out = [n // known if s == -1 else s for s in sizes]
+    if math.prod(out) != n:
+        raise ShardingError(f"{what} {dict(zip(names, out))} needs {math.prod(out)} {unit}, there are {n}")
+    return out
+
+
+def _granules(devices: Sequence[jax.Device]) -> tuple[str, list[list[jax.Device]]]:
+    """("slice", devices per TPU slice) when the devices carry several ``slice_index`` values, else
+    ("process", devices per process): the units a DCN (data-center network) mesh axis is laid over."""
+    attr = "slice_index" if len({getattr(d, "slice_index", 0) for d in devices}) > 1 else "process_index"
+    groups: dict[int, list] = {}
+    for d in devices:
+        groups.setdefault(int(getattr(d, attr)), []).append(d)
+    return attr.split("_")[0], [groups[k] for k in sorted(groups)]
+
+
+def _device_grid(shape: Sequence[int], devices: Sequence[jax.Device]) -> np.ndarray:
+    """``devices`` as an array of ``shape`` in a topology-aware order (``mesh_utils.create_device_mesh``: the
+    physical torus on TPU, id order on GPU, as listed on CPU); a plain reshape where the topology has no
+    layout for that shape (correct, maybe slower collectives)."""
+    from jax.experimental import mesh_utils
+
+    try:
+        return mesh_utils.create_device_mesh(tuple(shape), list(devices), allow_split_physical_axes=True)
+    except (ValueError, NotImplementedError) as e:
+        log.warning("no topology-aware layout of %d devices as %s (%s); using them in listed order",
+                    len(devices), tuple(shape), e)
+        return np.asarray(devices, dtype=object).reshape(shape)
+
+
+def make_mesh(axes: Sequence[tuple[str, int]], devices: Sequence[jax.Device] | None = None,
+              dcn_axes: Sequence[tuple[str, int]] = ()) -> Mesh:
+    """A mesh over ``devices`` (default: all) with named axes, e.g. ``(("data", -1), ("fsdp", 2))``.
+
+    ``axes`` (``config.mesh``) are the fast-interconnect (ICI) axes: within one slice, or one process when
+    ``dcn_axes`` is set. ``dcn_axes`` (``config.mesh_dcn``, names among ``axes``', missing ones 1) multiply
+    them over the slow network: axis ``a`` has ``axes[a] * dcn_axes[a]`` devices, its outer factor across
+    slices (TPU multi-slice: ``slice_index``) or, where devices have no slices (GPU nodes, CPU processes),
+    across processes. One size of each may be -1 (what is left). The layout is
+    ``mesh_utils.create_device_mesh`` (one slice) or ``create_hybrid_device_mesh`` (DCN product > 1).
+    ShardingError (one line naming the setting and the numbers) when the sizes do not fit the devices.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    names, sizes = _axis_sizes(axes, "mesh")
+    dcn_names, dcn_sizes = _axis_sizes(dcn_axes, "mesh_dcn")
+    # a size-1 DCN entry is a no-op: the default names every axis, a mesh override may drop some
+    unknown = [a for a, s in zip(dcn_names, dcn_sizes) if a not in names and s != 1]
+    if unknown:
+        raise ShardingError(f"mesh_dcn names {unknown}, which mesh {dict(zip(names, sizes))} does not have")
+    dcn = dict(zip(dcn_names, dcn_sizes))
+    if all(s == 1 for s in dcn_sizes):
+        sizes = _resolve(names, sizes, len(devices), "mesh", "devices")
+        return Mesh(_device_grid(sizes, devices), names)
+    unit, granules = _granules(devices)
+    dcn_sizes = _resolve(names, [dcn.get(a, 1) for a in names], len(granules), "mesh_dcn",
+                         "processes" if unit == "process" else "slices")
+    per = {len(g) for g in granules}
+    if len(per) > 1:
+        raise ShardingError(f"mesh_dcn {dict(zip(names, dcn_sizes))}: the {unit}s have unequal device counts "
+                            f"{sorted(per)}")
+    sizes = _resolve(names, sizes, per.pop(), "mesh", f"devices per {unit}")
+    from jax.experimental import mesh_utils
+
+    try:
+        grid = mesh_utils.create_hybrid_device_mesh(sizes, dcn_sizes, devices, process_is_granule=unit == "process",
+                                                    allow_split_physical_axes=True)
+    except (ValueError, NotImplementedError) as e:
+        raise ShardingError(f"mesh {dict(zip(names, sizes))} x mesh_dcn {dict(zip(names, dcn_sizes))}: "
+                            f"{str(e).splitlines()[0]}") from e
+    return Mesh(grid, names)
+
+
+def mesh_from_config(config: Any) -> Mesh:
+    """``make_mesh(config.mesh, dcn_axes=config.mesh_dcn)`` (``mesh_dcn`` optional: configs saved before it)."""
+    return make_mesh(tuple(tuple(a) for a in config.mesh),
+                     dcn_axes=tuple(tuple(a) for a in (config.get("mesh_dcn") or ())))
+
+
+def process_grid(mesh: Mesh) -> np.ndarray:
+    """The process index of each device of ``mesh`` (an int array of the mesh's shape)."""
+    return np.vectorize(lambda d: d.process_index, otypes=[int])(mesh.devices)
 
 
 def param_logical_axes(shape: Sequence[int]) -> tuple[str | None, ...]:
@@ -130,13 +216,47 @@ def batch_axes_size(rules: Rules, mesh: Mesh) -> int:
 
 
 def check_batch(global_batch: int, rules: Rules, mesh: Mesh, what: str = "batch size") -> None:
-    """Refuse a global batch that the batch axes do not divide (one line, both numbers named)."""
+    """Refuse (ShardingError, one line naming ``what`` and the numbers) a global batch that does not split
+    into whole shards: it must divide over the batch axes' shards and over the processes, and each process
+    must hold whole shards of its own (see :func:`check_batch_spans_processes`)."""
     n = batch_axes_size(rules, mesh)
-    if global_batch % n:
+    if global_batch < 1 or global_batch % n:
         raise ShardingError(f"{what} {global_batch} does not divide over the {n} data-parallel shards "
                             f"of mesh {dict(mesh.shape)}")
     if global_batch % jax.process_count():
         raise ShardingError(f"{what} {global_batch} does not divide over {jax.process_count()} hosts")
+    check_batch_spans_processes(rules, mesh, f"{what} {global_batch}")
+
+
+def check_batch_spans_processes(rules: Rules, mesh: Mesh, what: str = "batch") -> None:
+    """Refuse a mesh on which a batch shard would live on several processes (the batch axes do not span
+    the processes, e.g. ``mesh_dcn`` on ``tensor``): each process reads its own rows, so no two processes
+    may need the same ones. In: the rules and the mesh; out: nothing, or ShardingError (one line)."""
+    if jax.process_count() == 1:
+        return
+    n = batch_axes_size(rules, mesh)
+    index = NamedSharding(mesh, batch_spec(rules, mesh)).devices_indices_map((n,))
+    owners: dict[int, set] = {}
+    for device, (rows,) in index.items():
+        owners.setdefault(rows.start or 0, set()).add(device.process_index)
+    shared = sorted(k for k, procs in owners.items() if len(procs) > 1)
+    if shared:
+        axes = batch_spec(rules, mesh)[0]
+        raise ShardingError(f"{what}: mesh {dict(mesh.shape)} puts batch shard {shared[0]} (of {n}, on axes "
+                            f"{axes}) on processes {sorted(owners[shared[0]])}; the batch axes must span the "
+                            f"{jax.process_count()} processes (put the cross-process mesh_dcn factor on "
+                            f"data or fsdp)")
+
+
+def check_rules(rules: Rules, mesh: Mesh) -> None:
+    """Refuse (ShardingError, one line) sharding rules that name a mesh axis the mesh lacks (they would
+    silently leave that dimension replicated)."""
+    for logical, axes in rules:
+        names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+        missing = [a for a in names if a not in mesh.shape]
+        if missing:
+            raise ShardingError(f"sharding_rules map {logical!r} to mesh axis {missing[0]!r}, which mesh "
+                                f"{dict(mesh.shape)} lacks (axes: {', '.join(mesh.axis_names)})")
 
 
 def named(mesh: Mesh, specs: Any) -> Any:

@@ -1,7 +1,9 @@
 """Sharded training step: meshes (data, fsdp, tensor) = (8,1,1), (2,4,1), (1,8,1), (4,1,2) give the 1-device
-loss, updated params and parameter updates (fp32 tolerance) for the LDM; the vocoder stage (generator, MPD,
-grouped-conv MSD, MRD) on (4,1,2) gives the (8,1,1) update; logical-axis rules; mesh and batch errors; the
-non-finite guard (a NaN in the batch or in the gradients skips the step; the streak counter resets)."""
+loss, updated params and parameter updates (fp32 tolerance) for the LDM (the vocoder stage, grouped-conv MSD
+included, on (4,1,2) vs (8,1,1): tests/test_train_stages.py; several processes:
+tests/test_multiprocess_train.py; meshes from the config and the checks before training:
+tests/test_sharding_mesh.py); logical-axis rules; mesh and batch errors; the non-finite guard (a NaN in the
+batch or in the gradients skips the step; the streak counter resets)."""
 
 import functools
 
@@ -124,52 +126,6 @@ def test_mesh_matches_one_device(reference_run, mesh):
         assert len(sharded) > len(jax.tree.leaves(state.params)) // 3
     if dict(mesh)["tensor"] > 1:  # and really tensor-parallel
         assert len(_tensor_sharded(state)) > len(jax.tree.leaves(state.params)) // 4
-
-
-def _vocoder_update(mesh_axes):
-    """(loss, param update, final state) of one vocoder step (tiny generator; MPD, grouped-conv MSD and MRD
-    discriminators; SGD so the update is linear in the gradient) on ``mesh_axes``, built as ``train`` builds
-    it (``prepare_step`` / ``jit_train_step``)."""
-    from audiosr_jax.configs import vocoder as vocoder_config
-    from audiosr_jax.training.loop import _batch_shardings, jit_train_step, prepare_step
-
-    c = vocoder_config.get_config("tiny")
-    # the stage is built from the config; the mesh the step runs on is the argument (the stage object is
-    # mesh-agnostic; its own tensor=1 check predates grouped_convs_batch_sharded)
-    c.mesh = (("data", -1), ("fsdp", 1), ("tensor", 1))
-    c.data.crop_samples = 4_800
-    c.train.batch_size = 8
-    c.model.vocoder.update(resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3]])
-    c.vocoder_train.disc.update(periods=[2], scales=1, resolutions=[[512, 50, 240]])
-    for group in ("generator", "discriminator"):
-        c.optim[group].update(optimizer="sgd", b1=0.0, weight_decay=0.0, schedule="constant", lr=1e-2)
-    mesh = shd.make_mesh(mesh_axes)
-    rules = shd.rules_from_config(c.sharding_rules)
-    setup = prepare_step(c, mesh, rules)
-    rng = np.random.default_rng(0)
-    t = np.arange(4_800) / 48_000
-    batch = {"audio": np.stack([0.4 * np.sin(2 * np.pi * f * t) + 0.05 * rng.standard_normal(t.size)
-                                for f in rng.uniform(200, 4000, 8)]).astype(np.float32)}
-    batch_sh = _batch_shardings(batch, rules, mesh)
-    state = jax.jit(setup.init_fn, out_shardings=setup.state_sh)(setup.key)
-    init = jax.device_get(state.params)
-    state, metrics = jit_train_step(setup, batch_sh)(state, setup.frozen, jax.device_put(batch, batch_sh))
-    assert bool(metrics["finite"])
-    return float(metrics["loss"]), jax.tree.map(np.subtract, jax.device_get(state.params), init), state
-
-
-def test_vocoder_tensor_parallel_step_matches_data_parallel():
-    """data 4 x tensor 2 vs data 8: same loss and parameter update of every group, the MSD's grouped convs
-    included (XLA sums their kernel gradient over the tensor replicas unless the step pins their batch
-    sharding: shd.grouped_convs_batch_sharded)."""
-    ref_loss, ref_update, _ = _vocoder_update((("data", 8), ("fsdp", 1), ("tensor", 1)))
-    loss, update, state = _vocoder_update((("data", 4), ("fsdp", 1), ("tensor", 2)))
-    np.testing.assert_allclose(loss, ref_loss, rtol=2e-5)
-    errors = _update_errors(update, ref_update)
-    assert any("msd" in k for k in errors) and len(errors) > len(jax.tree.leaves(ref_update)) // 2
-    worst = max(errors, key=errors.get)
-    assert errors[worst] < UPDATE_RTOL, (worst, errors[worst])
-    assert len(_tensor_sharded(state)) > len(jax.tree.leaves(state.params)) // 4
 
 
 def test_adam_state_follows_param_sharding():

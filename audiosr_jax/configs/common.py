@@ -12,7 +12,15 @@ def base(stage: str, preset: str) -> ml_collections.ConfigDict:
     c.model = models.get_config(preset)
 
     # Mesh: one size may be -1 (all remaining devices). (8,1), (2,4), (1,8) on 8 devices are all valid.
+    # c.mesh is the fast-interconnect (ICI) part, laid out by jax's mesh_utils for the topology. mesh_dcn
+    # multiplies it over the slow network (audiosr_jax.sharding.make_mesh): axis a gets mesh[a] * mesh_dcn[a]
+    # devices, its outer factor across TPU slices, or across processes where there are no slices (GPU nodes,
+    # CPU processes); then c.mesh (its -1 too) counts the devices of one slice / process. Examples:
+    #   v5p, 2 slices of 64 chips:  mesh (("data", 1), ("fsdp", -1), ("tensor", 1)), mesh_dcn (("data", 2),)
+    #   2 nodes x 8 GPUs:           mesh (("data", 1), ("fsdp", 8), ("tensor", 1)),  mesh_dcn (("data", 2),)
+    # Put the DCN factor on a batch axis (data or fsdp): the processes must each read their own batch rows.
     c.mesh = (("data", -1), ("fsdp", 1), ("tensor", 1))
+    c.mesh_dcn = (("data", 1), ("fsdp", 1), ("tensor", 1))
     # Logical axis -> mesh axes (audiosr_jax/sharding.py): batch over data+fsdp, weights FSDP-sharded on
     # their input dimension, tensor-parallel on their output dimension.
     c.sharding_rules = (

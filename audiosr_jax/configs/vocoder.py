@@ -7,7 +7,8 @@
 Presets: full (the released generator; AdamW(2e-4, betas 0.8/0.99) × 0.999 every `decay_every` steps,
 global batch 128 of 0.32 s crops as AudioSR's vocoder config), tiny (CPU demo/tests: tiny widths, 1/16-width
 discriminators, 0.16 s crops). Fine-tune the released vocoder with --config.train.init_from=CONVERTED_DIR.
-The MSD needs mesh tensor=1 (the stage refuses tensor > 1 with "msd" enabled).
+Any mesh works, the MSD's grouped convs with tensor > 1 included (the loop pins their batch sharding, see
+audiosr_jax/sharding.py).
 """
 
 import ml_collections

@@ -26,9 +26,12 @@ power-iteration state: it uses weight norm here instead.
 Sharding: the params follow the repo's rank-based table (`audiosr_jax.sharding`): kernels
 [*spatial, in, out], gains and biases [C]. Checked on 8 fake CPU devices: with the batch on data+fsdp and
 kernels FSDP-sharded on `in`, gradients equal the unsharded ones. XLA issue (jax 0.10.2): the kernel gradient
-of a *grouped* conv (the MSD) is wrong when its `out` dim is sharded on `tensor` while the batch is sharded
-(wrong with or without weight norm; tests/test_gan.py keeps an xfail for it), so train the MSD with
-tensor = 1 (the default mesh) or keep grouped kernels' `conv_out` replicated.
+of a *grouped* conv (the MSD) comes out `tensor` times too large when the batch is sharded over some mesh axes
+and replicated over others (tensor > 1), whatever the kernel's sharding. The training loop traces its step
+under `audiosr_jax.sharding.grouped_convs_batch_sharded`, which pins every grouped conv's batch to all mesh
+axes, so the MSD trains on any mesh (tests/test_gan.py: exact gradients on data × tensor meshes;
+tests/test_train_stages.py: a vocoder step on data 4 × tensor 2 equals data 8). Applying these modules
+under jit on a tensor-parallel mesh outside that context gives the wrong gradient.
 
 Param counts at the standard width (weight norm adds one gain per output channel, as torch's `weight_g`):
   * MultiPeriodDiscriminator: 41,105,770 (HiFi-GAN V1 MPD: 41.1 M).

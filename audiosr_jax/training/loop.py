@@ -10,8 +10,6 @@ exactly where the interrupted one would have been.
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -26,6 +24,7 @@ from audiosr_jax.errors import UserError
 from audiosr_jax.training import state as st
 from audiosr_jax.training.checkpoints import Checkpointer
 from audiosr_jax.training.optim import make_optimizer
+from audiosr_jax.training.preemption import AgreedStop, StopFlag
 from audiosr_jax.training.stages import build_stage, initial_params
 from audiosr_jax.training.summary import SummaryWriter, compiled_flops, peak_flops
 
@@ -118,26 +117,24 @@ def check_nonfinite_streak(step: int, consecutive: Any, limit: int) -> None:
                             f"(every one skipped; the last checkpoint is finite)")
 
 
-class _StopFlag:
-    """SIGTERM/SIGINT -> save and stop at the next step boundary (preemption)."""
-
-    def __init__(self):
-        self.requested = False
-        self._old = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        log.warning("signal %d: saving a checkpoint and stopping after this step", signum)
-        self.requested = True
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
+def check_before_start(config: Any, mesh, rules, eval_loader: bool = True) -> None:
+    """Refuse, before anything is compiled or read, a config whose batches or rules do not fit ``mesh``:
+    ShardingError (one line naming the setting) for rules naming a missing mesh axis, a
+    ``train.batch_size`` (and, with evaluation on and ``eval_loader`` (the config's validation loader),
+    ``train.eval_batch_size``) that does not split into whole shards over the data-parallel axes and the
+    processes, or a ``train.grad_accum`` whose micro-batch does not."""
+    tc = config.train
+    shd.check_rules(rules, mesh)
+    batch, accum = int(tc.batch_size), int(tc.get("grad_accum", 1))
+    shd.check_batch(batch, rules, mesh, "train.batch_size")
+    if accum < 1 or batch % accum:
+        raise shd.ShardingError(f"train.grad_accum {accum} does not divide train.batch_size {batch}")
+    shards = shd.batch_axes_size(rules, mesh)
+    if (batch // accum) % shards:
+        raise shd.ShardingError(f"train.batch_size {batch} / train.grad_accum {accum} = micro-batch {batch // accum} "
+                                f"does not divide over the {shards} data-parallel shards of mesh {dict(mesh.shape)}")
+    if eval_loader and int(tc.get("eval_every", 0)) > 0 and int(tc.get("eval_batches", 0)) > 0:
+        shd.check_batch(int(tc.eval_batch_size), rules, mesh, "train.eval_batch_size")
 
 
 def _batch_shardings(batch: Any, rules, mesh) -> Any:
@@ -159,14 +156,13 @@ def train(config: Any, workdir: str, *, train_iter: Any = None, eval_batches: An
     """
     from audiosr_jax.training import data as train_data
 
-    mesh = shd.make_mesh(tuple(tuple(a) for a in config.mesh))
+    mesh = shd.mesh_from_config(config)
     rules = shd.rules_from_config(config.sharding_rules)
     tc = config.train
-    shd.check_batch(int(tc.batch_size), rules, mesh, "train.batch_size")
     accum = int(tc.get("grad_accum", 1))
-    if tc.batch_size % accum or (tc.batch_size // accum) % shd.batch_axes_size(rules, mesh):
-        raise shd.ShardingError(f"train.batch_size {tc.batch_size} / grad_accum {accum} does not divide over the "
-                                f"{shd.batch_axes_size(rules, mesh)} data-parallel shards")
+    check_before_start(config, mesh, rules, eval_loader=eval_batches is None)
+    log.info("mesh %s over %d process(es); process of each device: %s", dict(mesh.shape), jax.process_count(),
+             shd.process_grid(mesh).tolist())
     setup = prepare_step(config, mesh, rules)
     stage, txs, lrs, key = setup.stage, setup.txs, setup.lrs, setup.key
     state_sh, frozen, frozen_sh = setup.state_sh, setup.frozen, setup.frozen_sh
@@ -236,7 +232,8 @@ def train(config: Any, workdir: str, *, train_iter: Any = None, eval_batches: An
     # every step costs no pipeline stall
     pending = None
     try:
-        with _StopFlag() as stop:
+        with StopFlag() as flag:
+            stop = AgreedStop(flag)  # several processes: all save the same step (preemption.py)
             while step < end:
                 state, metrics = compiled(state, frozen, batch)
                 step += 1
@@ -266,8 +263,9 @@ def train(config: Any, workdir: str, *, train_iter: Any = None, eval_batches: An
                     last.update({f"eval/{k}": v for k, v in ev.items()})
                 if pbar:
                     pbar.update(1)
-                ckpt.save(step, state, train_iter, force=step == end or stop.requested)
-                if stop.requested:
+                stopping = stop(step)
+                ckpt.save(step, state, train_iter, force=step == end or stopping)
+                if stopping:
                     log.warning("stopped at step %d on request; checkpoint saved", step)
                     break
                 if step < end:
