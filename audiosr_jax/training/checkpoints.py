@@ -13,6 +13,10 @@ the config in one step directory.
   other failure (I/O error, permissions, memory, a restore that fails on intact data) stops with one line
   and leaves every checkpoint as it was. Orbax writes each step to a temporary directory and renames it
   when complete, so a kill -9 mid-save leaves the previous step intact.
+* on several processes every decision is agreed: each process reads its own shards, so one may find damage
+  the others do not read; after each read every process learns every process's outcome (an all-gather of
+  one code), so all fall back to the same step, process 0 alone sets the damaged one aside (once, with a
+  barrier before anyone lists the steps again), and an error on any process stops every process.
 
 The workdir may be a URI (``gs://bucket/run``, ``file:///abs/run``; see :mod:`audiosr_jax.paths`): every path
 here is an ``etils.epath.Path`` and every file operation (listing, exists, the set-aside rename) goes through
@@ -135,13 +139,61 @@ def is_data_error(err: BaseException) -> bool:
             return False
         if _ENVIRONMENT_STATUS.search(str(e)):
             return False
+    err = _unwrapped(err)
     return isinstance(err, (ValueError, KeyError, EOFError, FileNotFoundError)) or (
         isinstance(err, OSError) and err.errno == errno.ENOENT)
+
+
+def _unwrapped(err: BaseException) -> BaseException:
+    """The error under orbax's wrappers: a failed read of one array shard is re-raised as a bare ``Exception``
+    ("Encountered error while reading array index ...", orbax serialization.py) from the reader's error (e.g.
+    tensorstore's ValueError "OUT_OF_RANGE: ... byte range ... is not valid" for a truncated file)."""
+    while type(err) is Exception and isinstance(err.__cause__, Exception):
+        err = err.__cause__
+    return err
 
 
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return f"{type(err).__name__}: {text.splitlines()[0][:200]}" if text else type(err).__name__
+
+
+OK, DAMAGED, FAILED = 0, 1, 2  # one process's outcome of reading a step: fine, proven bad bytes, anything else
+
+
+def outcome(err: BaseException | None) -> int:
+    """OK for no error, DAMAGED for a data error (:func:`is_data_error`), FAILED for any other."""
+    return OK if err is None else DAMAGED if is_data_error(err) else FAILED
+
+
+def agree(code: int) -> list[int]:
+    """Every process's outcome code, in process order (an all-gather; every process must call it at the same
+    point). In: this process's code; out: [code] in a single process."""
+    if jax.process_count() == 1:
+        return [code]
+    from jax.experimental import multihost_utils
+
+    return [int(c) for c in np.asarray(multihost_utils.process_allgather(np.int32(code))).reshape(-1)]
+
+
+def _processes(codes: list[int], code: int) -> str:
+    return ", ".join(str(i) for i, c in enumerate(codes) if c == code)
+
+
+def _restoring(checkpointer: Any, restore: Any, *args, **kwargs) -> Any:
+    """``restore(*args, **kwargs)``, an orbax restore through ``checkpointer``, which ends with a barrier of
+    every process. When it raises on several processes, this process still joins that barrier before
+    re-raising: the processes whose read succeeded wait there, and must meet this one in :func:`agree` next.
+    The key mirrors orbax's (``Checkpointer.restore``: "Checkpointer:restore" with the checkpointer's prefix)."""
+    try:
+        return restore(*args, **kwargs)
+    except Exception:
+        if jax.process_count() > 1:
+            from orbax.checkpoint import multihost
+
+            prefix = getattr(checkpointer, "_barrier_sync_key_prefix", None)
+            multihost.sync_global_processes(multihost.unique_barrier_key("Checkpointer:restore", prefix=prefix))
+        raise
 
 
 class Checkpointer:
@@ -169,7 +221,8 @@ class Checkpointer:
 
     def saved_config(self, step: int) -> dict:
         """The config JSON item saved with ``step``."""
-        return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+        return _restoring(self.manager._checkpointer, self.manager.restore, step,
+                          args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
 
     def saved_tree(self, step: int) -> Any:
         """The saved state's orbax metadata tree (dicts/lists of ArrayMetadata: shapes and dtypes)."""
@@ -183,11 +236,11 @@ class Checkpointer:
         """Integrity check of ``step`` on its own terms: read every array back with the step's own metadata
         (host numpy: no target tree, no sharding, so no config or mesh can make it fail) and parse the data
         iterator's JSON. Raises whatever reading raised; returns if the step's data is intact."""
-        tree = self.saved_tree(step)
-        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
         with ocp.PyTreeCheckpointer() as reader:
-            reader.restore(self.step_dir(step) / "state",
-                           args=ocp.args.PyTreeRestore(restore_args=restore_args))
+            tree = _restoring(reader, self.saved_tree, step)  # the barrier of the read below, if this fails
+            restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+            _restoring(reader, reader.restore, self.step_dir(step) / "state",
+                       args=ocp.args.PyTreeRestore(restore_args=restore_args))
         it_dir = self.step_dir(step) / "data_iter"
         if it_dir.exists():
             for f in it_dir.iterdir():
@@ -223,71 +276,109 @@ class Checkpointer:
         raise CheckpointError(f"{self.step_dir(step)}: holds {what} of another {kind} ({detail}); {why}; "
                               f"use another --workdir or the saved config")
 
-    def _unreadable(self, step: int, err: BaseException, doing: str) -> CheckpointError:
-        """The one-line error for a failure that does not prove damage (nothing was moved)."""
-        return CheckpointError(f"{self.step_dir(step)}: {doing} failed ({_first_line(err)}); that is no proof of "
+    def _unreadable(self, step: int, err: BaseException | None, doing: str,
+                    codes: list[int] | None = None) -> CheckpointError:
+        """The one-line error for a failure that does not prove damage (nothing was moved): this process's
+        ``err``, or (``err`` None or a data error while ``codes`` show another process FAILED) theirs."""
+        if err is None or (codes is not None and outcome(err) != FAILED):
+            what = f"on process {_processes(codes or [], FAILED)} (see its log)"
+        else:
+            what = f"({_first_line(err)})"
+        return CheckpointError(f"{self.step_dir(step)}: {doing} failed {what}; that is no proof of "
                                f"damage, so every checkpoint is left as it was: fix the cause and rerun (or move "
                                f"this step aside to resume from an earlier one)")
 
-    def _move_aside(self, step: int, err: BaseException) -> None:
+    def _move_aside(self, step: int, err: BaseException | None, codes: list[int] | None = None) -> None:
         """Rename the damaged step to ``<step>.corrupt`` (``.corrupt1``, ... if taken) beside it, through epath
-        (a local rename, or a copy and delete of its objects on an object store); process 0 only."""
+        (a local rename, or a copy and delete of its objects on an object store); process 0 only, every
+        process waits for it. ``err``: what this process read (None: only other processes, in ``codes``, found
+        the damage)."""
         path = self.step_dir(step)
-        log.warning("checkpoint %s is unreadable (%s); moved to %s.corrupt, trying the previous one",
-                    path, _first_line(err), path)
-        if jax.process_index() == 0 and path.exists():
-            dest = path.with_name(f"{path.name}.corrupt")
-            n = 1
+        reason = _first_line(err) if err is not None else f"found by process {_processes(codes or [], DAMAGED)}"
+        if jax.process_index() == 0:
+            dest, n = path.with_name(f"{path.name}.corrupt"), 1
             while dest.exists():
                 dest, n = path.with_name(f"{path.name}.corrupt{n}"), n + 1
-            path.replace(dest)
+            log.warning("checkpoint %s is unreadable (%s); moved to %s, trying the previous one", path, reason, dest)
+            if path.exists():
+                path.replace(dest)
+        elif err is not None:
+            log.warning("checkpoint %s is unreadable here (%s); process 0 sets it aside", path, reason)
         if jax.process_count() > 1:  # every process must see the rename before it lists the steps again
             from jax.experimental import multihost_utils
 
             multihost_utils.sync_global_devices(f"audiosr_jax: checkpoint {step} set aside")
         self.manager.reload()
 
+    def _set_aside_if_damaged(self, step: int, err: BaseException | None, doing: str) -> bool:
+        """Agree on every process's ``err`` of one read of ``step``: False if every read succeeded; True after
+        setting the step aside if one proved damage; CheckpointError (one line, every process) if any failed
+        otherwise."""
+        codes = agree(outcome(err))
+        if FAILED in codes:
+            raise self._unreadable(step, err, doing, codes) from err
+        if DAMAGED in codes:
+            self._move_aside(step, err, codes)
+            return True
+        return False
+
     def restore(self, abstract_state: st.TrainState, data_iter: Any | None) -> tuple[st.TrainState | None, int | None]:
         """Latest readable (state, step), placed as ``abstract_state``'s shardings; (None, None) if there is
         none. The data iterator (if given) is restored in place. Raises CheckpointError (and changes nothing)
-        if a step holds another config or state tree, or cannot be read for a reason other than damage."""
+        if a step holds another config or state tree, or cannot be read for a reason other than damage. On
+        several processes every process returns the same step (or raises)."""
         for step in reversed(self.steps()):
-            try:
-                saved = self.saved_config(step)
-                saved_tree = self.saved_tree(step)
-            except Exception as err:  # unreadable config item or state metadata
-                if not is_data_error(err):
-                    raise self._unreadable(step, err, "reading its config and metadata") from err
-                self._move_aside(step, err)
-                continue
-            self._refuse_other_config(saved)
-            self._refuse_other_tree(step, saved, saved_tree, abstract_state)
-            items = {"state": ocp.args.StandardRestore(abstract_state)}
-            if data_iter is not None:
-                items["data_iter"] = data_iter.restore_args()
-            try:
-                restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-            except Exception as err:
-                if not is_data_error(err):
-                    raise self._unreadable(step, err, "restoring it") from err
-                try:
-                    self.verify(step)
-                except Exception as damage:
-                    if not is_data_error(damage):
-                        raise self._unreadable(step, damage, "checking its integrity") from damage
-                    self._move_aside(step, damage)
-                    continue
-                raise CheckpointError(f"{self.step_dir(step)}: cannot be restored into this run "
-                                      f"({_first_line(err)}) although its data reads back intact: every "
-                                      f"checkpoint is left as it was; use another --workdir or the saved "
-                                      f"config") from err
-            state = restored["state"]
-            if not bool(st.all_finite(state.params, state.opt_state, state.ema)):
-                # saves refuse non-finite state, so non-finite values on disk are damage
-                self._move_aside(step, ValueError("non-finite values"))
-                continue
-            return state, step
+            state = self._restore_step(step, abstract_state, data_iter)
+            if state is not None:
+                return state, step
         return None, None
+
+    def _restore_step(self, step: int, abstract_state: st.TrainState, data_iter: Any | None) -> st.TrainState | None:
+        """``step``'s state (and the iterator restored in place), or None when it was damaged and set aside."""
+        saved = saved_tree = None
+        try:
+            saved = self.saved_config(step)
+            saved_tree = self.saved_tree(step)
+        except Exception as e:  # unreadable config item or state metadata
+            err = e
+        else:
+            err = None
+        if self._set_aside_if_damaged(step, err, "reading its config and metadata"):
+            return None
+        self._refuse_other_config(saved)
+        self._refuse_other_tree(step, saved, saved_tree, abstract_state)
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if data_iter is not None:
+            items["data_iter"] = data_iter.restore_args()
+        try:
+            restored = _restoring(self.manager._checkpointer, self.manager.restore, step,
+                                  args=ocp.args.Composite(**items))
+        except Exception as e:
+            restored, err = None, e
+        codes = agree(outcome(err))
+        if FAILED in codes:
+            raise self._unreadable(step, err, "restoring it", codes) from err
+        if DAMAGED in codes:
+            # a data error (on some process) proves nothing yet: the step must also fail on its own terms
+            try:
+                self.verify(step)
+            except Exception as e:
+                damage = e
+            else:
+                damage = None
+            if self._set_aside_if_damaged(step, damage, "checking its integrity"):
+                return None
+            where = f"({_first_line(err)})" if err is not None else f"on process {_processes(codes, DAMAGED)}"
+            raise CheckpointError(f"{self.step_dir(step)}: cannot be restored into this run {where} although its "
+                                  f"data reads back intact: every checkpoint is left as it was; use another "
+                                  f"--workdir or the saved config") from err
+        state = restored["state"]
+        if not bool(st.all_finite(state.params, state.opt_state, state.ema)):
+            # saves refuse non-finite state, so non-finite values on disk are damage (the same verdict on
+            # every process: the check reduces over the global arrays)
+            self._move_aside(step, ValueError("non-finite values"))
+            return None
+        return state
 
     def save(self, step: int, state: st.TrainState, data_iter: Any | None, force: bool = False) -> bool:
         """Save if due (or ``force``); returns whether a save started. Refuses non-finite state."""

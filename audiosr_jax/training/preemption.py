@@ -4,17 +4,17 @@ A signal sets a flag in the process that got it; the loop saves a checkpoint and
 process that is the next step boundary, as before. With several, each process would see its own flag at its
 own step: the one that saved and left would leave the others blocked in the next collective. So the flags
 are combined: every ``every`` steps each process dispatches a max over all devices of its flag (a tiny jitted
-all-reduce, every process at the same step), and reads the result at the next check, when it has long been
-computed: every process reads the same value at the same step, so all save that step and stop, with no
-pipeline stall (measured cost: docs/training.md §Preemption and faults on several processes). A stop takes
-effect ``every`` to ``2 * every`` steps after the signal.
+all-reduce, every process at the same step) and reads it at the next check, when it has long been computed:
+every process reads the same value at the same step, so all save that step and stop, with no pipeline stall.
+A stop takes effect ``every`` to ``2 * every`` steps after the signal. Measured cost of a check every step on
+2 CPU processes (gloo): about 1-3 ms a step (docs/training.md §Preemption and faults on several processes).
 
-Why not jax's preemption sync point (``multihost_utils.reached_preemption_sync_point``, what orbax's
-``CheckpointManager.reached_preemption`` wraps)? It works on CPU under ``jax.distributed`` (measured: the
-notice reached the other process and both stopped at the same step, about 1 s after the signal), but only for
-SIGTERM caught by jax's own C++ handler, which the Python handler here replaces; it needs a call at every step
-before the notice (a notice during start-up and compilation finds no step counter and is dropped); and it
-leaves SIGINT (Ctrl-C forwarded by ``audiosr_jax.launch``) uncoordinated.
+A SIGTERM that comes before the loop (start-up, restore, compilation: minutes on a large model) is caught by
+jax's own handler, which ``jax.distributed.initialize`` installs (the preemption notifier; the Python handler
+replaces it only for the loop): it is honoured too, at jax's preemption sync point
+(``multihost_utils.reached_preemption_sync_point``, which every process reaches at the same step). That is
+not the main mechanism because it covers only SIGTERM caught by jax's handler: not SIGINT (Ctrl-C, which
+``audiosr_jax.launch`` forwards), not a SIGTERM during the loop, not a single process.
 """
 
 from __future__ import annotations
@@ -88,7 +88,8 @@ class AgreedStop:
 
     ``flag``: this process's :class:`StopFlag`; ``every``: steps between checks (several processes only).
     Create it just before the step loop: with several processes that waits for all of them
-    (:func:`wait_for_all_processes`)."""
+    (:func:`wait_for_all_processes`). As a context manager, leaving it waits for the last all-reduce (a
+    process must not exit while another still waits in it)."""
 
     def __init__(self, flag: StopFlag, every: int = 1):
         self.flag = flag
@@ -97,21 +98,47 @@ class AgreedStop:
         self._pending = None  # the all-reduce dispatched at the previous check
         if self.multi:
             mesh = Mesh(np.asarray(jax.devices()), ("processes",))
-            self._sharding = NamedSharding(mesh, P("processes"))
+            sharding = NamedSharding(mesh, P("processes"))
+            # this process's flag as a global array, for either value (no transfer per check)
+            self._flags = [jax.make_array_from_process_local_data(
+                sharding, np.full((jax.local_device_count(),), v, np.int32)) for v in (0, 1)]
             self._max = jax.jit(jnp.max, out_shardings=NamedSharding(mesh, P()))
             wait_for_all_processes("step loop")
 
+    def __enter__(self) -> AgreedStop:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pending is not None:
+            self._pending.block_until_ready()
+            self._pending = None
+
     def _dispatch(self) -> Any:
         """Start the max over every device of this process's flag (not waited for)."""
-        local = np.full((jax.local_device_count(),), int(self.flag.requested), np.int32)
-        return self._max(jax.make_array_from_process_local_data(self._sharding, local))
+        return self._max(self._flags[int(self.flag.requested)])
 
     def __call__(self, step: int) -> bool:
         """After ``step``: True when the run must save this step and stop (one process: its flag now)."""
         if not self.multi:
             return self.flag.requested
-        if step % self.every:
+        noticed = _reached_preemption_sync_point(step)  # jax wants a call at every step
+        if step % self.every and not noticed:
             return False
         agreed = self._pending is not None and bool(np.asarray(self._pending.addressable_data(0)))
-        self._pending = self._dispatch()
-        return agreed
+        # no all-reduce is left running on a stop: a process could exit while another still waits in it
+        self._pending = None if agreed or noticed else self._dispatch()
+        return agreed or noticed
+
+
+def _reached_preemption_sync_point(step: int) -> bool:
+    """Whether every process reached jax's preemption sync point at ``step`` (a SIGTERM caught by jax's
+    handler, on any process); False when jax's preemption service is off."""
+    from jax.experimental import multihost_utils
+
+    try:
+        reached = multihost_utils.reached_preemption_sync_point(step)
+    except RuntimeError:  # jax_enable_preemption_service is off
+        return False
+    if reached:
+        log.warning("preemption notice (SIGTERM caught by jax): saving a checkpoint and stopping at step %d", step)
+    return reached
