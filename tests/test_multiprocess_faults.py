@@ -3,8 +3,10 @@
 over ``fsdp`` across the processes (``mesh_dcn``), so each process writes and reads only its own shards.
 
 * SIGTERM to ONE process: every process saves the same step and exits 0 (no hang); the rerun resumes there;
-* kill -9 of one process: the launcher stops the job; the rerun resumes from the last complete checkpoint and
-  ends with the parameters of an uninterrupted run (bit for bit: same process layout, same batches);
+  the agreed stop alone (no training): a SIGTERM in the loop, and one before it (jax's preemption notifier);
+* kill -9 of one process: the launcher stops the job; the rerun, whose process 1 reaches the step loop 40 s
+  late (as when only process 0 finds the step in the persistent cache), resumes from the last complete
+  checkpoint and ends with the parameters of an uninterrupted run (bit for bit: same layout, same batches);
 * one tensor data file of the latest step truncated (a file only process 1 reads): every process falls back
   to the same earlier step, and the damaged step is set aside once, by process 0.
 

@@ -232,8 +232,7 @@ def train(config: Any, workdir: str, *, train_iter: Any = None, eval_batches: An
     # every step costs no pipeline stall
     pending = None
     try:
-        with StopFlag() as flag:
-            stop = AgreedStop(flag)  # several processes: all save the same step (preemption.py)
+        with StopFlag() as flag, AgreedStop(flag) as stop:  # several processes: all save the same step
             while step < end:
                 state, metrics = compiled(state, frozen, batch)
                 step += 1
