@@ -8,15 +8,21 @@ import sys
 import numpy as np
 import pytest
 import torch
+from fs_snapshot import tree_snapshot
 
-from audiosr_jax.inference.checkpoint import load_weights, save_weights
 from audiosr_jax.convert import convert_file, convert_state_dict
 from audiosr_jax.convert.core import COND_VAE, UNET, VAE
 from audiosr_jax.errors import CheckpointError
+from audiosr_jax.inference.checkpoint import load_weights, save_weights
+from audiosr_jax.lab.testing import (
+    WIDTHS,
+    synthetic_torch_checkpoint,
+    torch_shapes,
+    write_synthetic_checkpoint,
+)
 from audiosr_jax.models.unet import UNetConfig
 from audiosr_jax.models.vae import VAEConfig
 from audiosr_jax.models.vocoder import VocoderConfig
-from audiosr_jax.lab.testing import WIDTHS, synthetic_torch_checkpoint, torch_shapes, write_synthetic_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -177,17 +183,6 @@ def test_command_line(tmp_path, tiny_torch_checkpoint):
     assert "Traceback" not in bad.stderr and not (tmp_path / "o").exists()
 
 
-def _snapshot(root):
-    """{relative path: bytes} of every file under root (to prove nothing was touched)."""
-    out = {}
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            p = os.path.join(dirpath, name)
-            with open(p, "rb") as f:
-                out[os.path.relpath(p, root)] = f.read()
-    return out
-
-
 def test_overwrite_never_deletes_a_folder_that_is_not_a_checkpoint(tmp_path, tiny_torch_checkpoint):
     """--overwrite on a folder holding the source and other files: one-line refusal, every file kept."""
     folder = tmp_path / "models"
@@ -195,19 +190,19 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_checkpoint(tmp_path, tin
     src = folder / "tiny.safetensors"
     src.write_bytes(open(tiny_torch_checkpoint, "rb").read())
     (folder / "notes.txt").write_text("my notes")
-    before = _snapshot(folder)
+    before = tree_snapshot(folder)
     run = subprocess.run([sys.executable, "-m", "audiosr_jax.convert", str(src), str(folder), "--overwrite"],
                          capture_output=True, text=True, cwd=REPO)
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
     assert run.stderr.strip().count("\n") == 0 and "not an audiosr-jax checkpoint" in run.stderr
-    assert _snapshot(folder) == before and sorted(os.listdir(tmp_path)) == ["models"]
+    assert tree_snapshot(folder) == before and sorted(os.listdir(tmp_path)) == ["models"]
     # a folder elsewhere that holds other files: refused the same way
     other = tmp_path / "other"
     other.mkdir()
     (other / "keep.wav").write_bytes(b"RIFF")
     with pytest.raises(CheckpointError, match="not an audiosr-jax checkpoint"):
         convert_file(src, other, overwrite=True)
-    assert _snapshot(other) == {"keep.wav": b"RIFF"}
+    assert set(tree_snapshot(other)) == {"keep.wav"} and (other / "keep.wav").read_bytes() == b"RIFF"
 
 
 def test_existing_file_as_output_is_one_line_error(tmp_path, tiny_torch_checkpoint):
@@ -242,7 +237,7 @@ def test_failed_replacement_keeps_the_previous_checkpoint(tmp_path, tiny_sd, mon
     weights, _ = convert_state_dict(tiny_sd)
     out = tmp_path / "ckpt"
     save_weights(weights, out)
-    before = _snapshot(out)
+    before = tree_snapshot(out)
 
     def boom(*a, **k):
         raise OSError(28, "No space left on device")
@@ -250,4 +245,4 @@ def test_failed_replacement_keeps_the_previous_checkpoint(tmp_path, tiny_sd, mon
     monkeypatch.setattr(ocp.StandardCheckpointer, "save", boom)
     with pytest.raises(OSError):
         save_weights(weights, out, overwrite=True)
-    assert _snapshot(out) == before and sorted(os.listdir(tmp_path)) == ["ckpt"]
+    assert tree_snapshot(out) == before and sorted(os.listdir(tmp_path)) == ["ckpt"]

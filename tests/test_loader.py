@@ -205,9 +205,9 @@ def test_per_host_split_disjoint_and_covering(mesh8, count):
         assert len(got) == 2  # every host runs the same number of steps
         per_host.append(got)
     for s in range(2):
-        rows = np.concatenate([h[s] for h in per_host])
+        rows = np.concatenate([h[s] for h in per_host])  # the hosts' rows in process order
         assert len(set(rows.tolist())) == 8
-        assert sorted(rows.tolist()) == sorted(np.asarray(full[s]).tolist())  # same global batch
+        np.testing.assert_array_equal(rows, np.asarray(full[s]))  # the same global batch, row for row
     sets = [set(np.concatenate(h).tolist()) for h in per_host]
     assert sum(len(s) for s in sets) == len(set().union(*sets)) == 16  # disjoint; cover the epoch's 2 batches
     with pytest.raises(RuntimeError, match="simulated"):
@@ -342,6 +342,10 @@ def test_real_dataset_batches_and_resume(mesh8, built_dataset, tmp_path):
     assert np.abs(b["audio"]).max() > 0 and (b["index"] < n).all()
     rec = src[int(b["index"][0])]
     assert rec["audio"].dtype == np.int16  # the loader scales it to [-1, 1)
+    # each row's measured bandwidth (the LDM's loss mask) is its record's
+    assert b["bandwidth_hz"].dtype == np.float32
+    np.testing.assert_array_equal(b["bandwidth_hz"], [np.float32(src[int(i)]["bandwidth_hz"]) for i in b["index"]])
+    assert 0 < b["bandwidth_hz"].min() <= b["bandwidth_hz"].max() <= 24000
     loader = make_loader(src, cfg, mesh8)
     _take(loader, 2)
     state = loader.get_state()

@@ -1,5 +1,5 @@
 """The training loader on 2 real JAX processes (``python -m audiosr_jax.launch``, 2 × 2 fake CPU devices): each
-process reads its own share (``[process_index::process_count]`` of the stream), and one epoch shows every
+process reads its own share (its contiguous half of each global batch), and one epoch shows every
 example exactly once over both processes, less the last partial global batch, which is dropped (exactly the
 examples at the shuffled positions past the last whole global batch); a process's iterator state saved the
 way the Checkpointer saves it (an ``ocp.args.Composite`` item ``data_iter`` of an orbax CheckpointManager
@@ -137,9 +137,10 @@ def test_one_epoch_over_two_processes_sees_every_example_once(dataset, tmp_path)
     order = _shuffled_order(n)
     dropped = order[whole * GLOBAL_BATCH:]  # the last partial global batch
     assert sorted(ids[0] + ids[1]) == sorted(set(range(n)) - set(dropped))
-    # process p holds the stream positions = p (mod 2), in order
+    # process p holds the contiguous half p of each global batch's stream positions, in order
+    half = GLOBAL_BATCH // 2
     for p in range(2):
-        assert ids[p] == order[p:whole * GLOBAL_BATCH:2]
+        assert ids[p] == [order[s * GLOBAL_BATCH + p * half + j] for s in range(whole) for j in range(half)]
 
 
 @pytest.mark.parametrize("worker_count", [0, 1], ids=["in-process", "1-worker"])

@@ -9,29 +9,21 @@ import jax
 import numpy as np
 import pytest
 import soundfile as sf
+from fs_snapshot import tree_snapshot
 from jax.sharding import Mesh
 
 from audiosr_jax import audio
+from audiosr_jax.cli.sample import main as sample_main
 from audiosr_jax.inference.batch import BatchConfig, run_batch
 from audiosr_jax.inference.checkpoint import load_weights
 from audiosr_jax.inference.inputs import assign_outputs, expand_inputs
 from audiosr_jax.inference.pipeline import SamplingOptions
-from audiosr_jax.cli.sample import main as sample_main
 
 
 def _tone(sr=16000, seconds=1.0, seed=0):
     t = np.arange(int(sr * seconds)) / sr
     x = 0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * np.random.default_rng(seed).standard_normal(t.size)
     return x.astype(np.float32)
-
-
-def _snapshot(root):
-    out = {}
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            p = os.path.join(dirpath, name)
-            out[os.path.relpath(p, root)] = open(p, "rb").read()
-    return out
 
 
 def _run(argv, capsys):
@@ -51,23 +43,23 @@ def folder(tmp_path):
 
 @pytest.mark.parametrize("flags", [[], ["--overwrite"]])
 def test_output_folder_that_is_the_input_folder_is_refused(folder, tiny_checkpoint_dir, capsys, flags):
-    before = _snapshot(folder)
+    before = tree_snapshot(folder)
     code, _, err = _run([str(folder), "-o", str(folder), "--checkpoint", tiny_checkpoint_dir, "--steps", "1", *flags],
                         capsys)
     assert code == 2 and err.count("\n") == 1 and "input folder" in err, err
-    assert _snapshot(folder) == before
+    assert tree_snapshot(folder) == before
 
 
 def test_output_that_would_overwrite_an_input_is_refused(folder, tiny_checkpoint_dir, capsys):
-    before = _snapshot(folder)
+    before = tree_snapshot(folder)
     # a.wav and sub/b.flac listed by name: their outputs go to OUT/a.wav, OUT/b.wav; OUT = in → in/a.wav
     code, _, err = _run([str(folder / "a.wav"), str(folder / "sub" / "b.flac"), "-o", str(folder), "--overwrite",
                          "--checkpoint", tiny_checkpoint_dir], capsys)
     assert code == 2 and err.count("\n") == 1 and "would overwrite the input" in err and "a.wav" in err, err
-    assert _snapshot(folder) == before
+    assert tree_snapshot(folder) == before
     code, _, err = _run([str(folder / "a.wav"), "-o", str(folder / "a.wav"), "--overwrite",
                          "--checkpoint", tiny_checkpoint_dir], capsys)
-    assert code == 2 and "would overwrite the input" in err and _snapshot(folder) == before
+    assert code == 2 and "would overwrite the input" in err and tree_snapshot(folder) == before
 
 
 def test_output_folder_inside_the_inputs_is_not_read_back_and_the_report_is_kept(folder, tiny_checkpoint_dir,

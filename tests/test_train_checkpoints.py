@@ -5,7 +5,6 @@ metadata, a missing config item or non-finite values on disk are set aside and t
 a non-finite state is never written; on several processes the rename is followed by a barrier."""
 
 import errno
-import hashlib
 import logging
 import os
 import shutil
@@ -16,6 +15,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from fs_snapshot import tree_snapshot
 from jax.sharding import SingleDeviceSharding
 
 from audiosr_jax.errors import CheckpointError
@@ -69,22 +69,8 @@ def workdir(saved, tmp_path):
     return tmp_path / "wd"
 
 
-def _snapshot(root) -> dict:
-    """{relative path: (size, mtime_ns, sha1)} of every file and {relative path: "dir"} of every directory."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for d in dirnames:
-            out[os.path.relpath(os.path.join(dirpath, d), root)] = "dir"
-        for f in filenames:
-            p = os.path.join(dirpath, f)
-            stat = os.stat(p)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, root)] = (stat.st_size, stat.st_mtime_ns, hashlib.sha1(fh.read()).hexdigest())
-    return out
-
-
 def _assert_untouched(workdir, before):
-    assert _snapshot(workdir / "checkpoints") == before
+    assert tree_snapshot(workdir / "checkpoints") == before
     assert not [p for p in (workdir / "checkpoints").iterdir() if ".corrupt" in p.name]
 
 
@@ -115,7 +101,7 @@ def test_restore_latest(workdir, saved):
 
 def test_other_optimizer_state_structure_is_refused_and_nothing_changes(workdir):
     """Gradient clipping switched on adds an optimizer-chain entry: one line naming the leaf and the field."""
-    before = _snapshot(workdir / "checkpoints")
+    before = tree_snapshot(workdir / "checkpoints")
     with pytest.raises(CheckpointError) as exc:
         _restore(workdir, _config(clip_norm=1.0))
     msg = str(exc.value)
@@ -127,7 +113,7 @@ def test_other_optimizer_state_structure_is_refused_and_nothing_changes(workdir)
 
 def test_other_state_shape_is_refused_and_nothing_changes(workdir, monkeypatch):
     """Same tree, another shape (here with an identical saved config: the message says so)."""
-    before = _snapshot(workdir / "checkpoints")
+    before = tree_snapshot(workdir / "checkpoints")
     monkeypatch.setattr(ck, "IDENTITY_KEYS", ("stage",))  # let the width change through the identity check
     with pytest.raises(CheckpointError, match=r"parameters of another shape \(params/g/b: saved \(8,\) vs \(6,\)\); "
                                               r"it was saved with model.width=8 and this run has model.width=6"):
@@ -156,7 +142,7 @@ def _failing_restore(monkeypatch, err, item="state"):
     ValueError('Error opening "zarr" driver: Error reading "params.g.w/.zarray": RESOURCE_EXHAUSTED: out of memory'),
 ], ids=["EIO", "EACCES", "MemoryError", "ts-permission", "ts-unavailable", "ts-nested-exhausted"])
 def test_environment_errors_leave_every_checkpoint(workdir, monkeypatch, err):
-    before = _snapshot(workdir / "checkpoints")
+    before = tree_snapshot(workdir / "checkpoints")
     _failing_restore(monkeypatch, err)
     with pytest.raises(CheckpointError, match="no proof of damage, so every checkpoint is left as it was") as exc:
         _restore(workdir)
@@ -166,7 +152,7 @@ def test_environment_errors_leave_every_checkpoint(workdir, monkeypatch, err):
 
 def test_restore_failing_on_intact_data_leaves_every_checkpoint(workdir, monkeypatch):
     """A data-looking restore error whose step passes the integrity check is not damage."""
-    before = _snapshot(workdir / "checkpoints")
+    before = tree_snapshot(workdir / "checkpoints")
     _failing_restore(monkeypatch, ValueError("sharding does not fit the mesh"))
     with pytest.raises(CheckpointError, match="although its data reads back intact: every checkpoint is left"):
         _restore(workdir)
@@ -174,7 +160,7 @@ def test_restore_failing_on_intact_data_leaves_every_checkpoint(workdir, monkeyp
 
 
 def test_io_error_in_the_integrity_check_leaves_every_checkpoint(workdir, monkeypatch):
-    before = _snapshot(workdir / "checkpoints")
+    before = tree_snapshot(workdir / "checkpoints")
     _failing_restore(monkeypatch, ValueError("DATA_LOSS: checksum"))
 
     def read(self, *a, **kw):  # the integrity check's own read of the arrays
@@ -187,7 +173,7 @@ def test_io_error_in_the_integrity_check_leaves_every_checkpoint(workdir, monkey
 
 
 def test_io_error_reading_the_config_leaves_every_checkpoint(workdir, monkeypatch):
-    before = _snapshot(workdir / "checkpoints")
+    before = tree_snapshot(workdir / "checkpoints")
 
     _failing_restore(monkeypatch, OSError(errno.EIO, "Input/output error"), item="config")
     with pytest.raises(CheckpointError, match="no proof of damage"):
@@ -202,12 +188,12 @@ def _assert_fell_back(workdir, saved, caplog, previous_before):
     _assert_same(state.params, saved[1][step].params)
     assert "unreadable" in caplog.text and "trying the previous one" in caplog.text
     assert (workdir / "checkpoints" / "4.corrupt").is_dir() and not (workdir / "checkpoints" / "4").exists()
-    after = _snapshot(workdir / "checkpoints")
+    after = tree_snapshot(workdir / "checkpoints")
     assert {k: v for k, v in after.items() if k.split(os.sep)[0] == "2"} == previous_before
 
 
 def _previous(workdir):
-    return {k: v for k, v in _snapshot(workdir / "checkpoints").items() if k.split(os.sep)[0] == "2"}
+    return {k: v for k, v in tree_snapshot(workdir / "checkpoints").items() if k.split(os.sep)[0] == "2"}
 
 
 @pytest.mark.parametrize("how", ["garble", "truncate"])

@@ -4,7 +4,6 @@ the latest checkpoint), SIGTERM saves and exits, bad config/state is refused or 
 message (another optimizer setting: refused, every checkpoint left byte-for-byte; damaged tensor data: set
 aside, the previous step restored), and a streak of non-finite steps stops the run."""
 
-import hashlib
 import logging
 import os
 import random
@@ -19,6 +18,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from fs_snapshot import tree_snapshot
 
 from audiosr_jax.configs import ldm as ldm_config
 from audiosr_jax.errors import CheckpointError
@@ -76,21 +76,6 @@ def _resumed_from(log_text: str) -> list[int]:
     return [int(m) for m in re.findall(r"resumed from step (\d+)", log_text)]
 
 
-def _snapshot(root) -> dict:
-    """{relative path: (size, mtime_ns, sha1)} of every file, {relative path: "dir"} of every directory."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for d in dirnames:
-            out[os.path.relpath(os.path.join(dirpath, d), root)] = "dir"
-        for f in filenames:
-            path = os.path.join(dirpath, f)
-            stat = os.stat(path)
-            with open(path, "rb") as fh:
-                digest = hashlib.sha1(fh.read()).hexdigest()
-            out[os.path.relpath(path, root)] = (stat.st_size, stat.st_mtime_ns, digest)
-    return out
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(dataset, tiny_checkpoint_dir, tmp_path_factory):
     wd = tmp_path_factory.mktemp("run_full")
@@ -138,7 +123,7 @@ def _wait_for_step(workdir, min_step, proc, timeout=240) -> bool:
 @pytest.mark.slow
 def test_kill9_at_random_points_then_resume_equals_uninterrupted(dataset, tiny_checkpoint_dir, uninterrupted, tmp_path):
     rnd = random.Random(0)
-    for i, target in enumerate((1, 3, 4)):
+    for i, target in enumerate((2, 4)):
         at_launch = _steps(tmp_path)
         # every run makes new progress before it is killed (not killed at start-up on an old checkpoint), and
         # stays short of the last step (so it is still running); a checkpoint every step
@@ -192,7 +177,7 @@ def test_optimizer_change_is_refused_and_every_checkpoint_is_left(dataset, tiny_
     setting; the step directories are byte-for-byte as they were and nothing is set aside."""
     wd = tmp_path / "wd"
     shutil.copytree(uninterrupted, wd)
-    before = _snapshot(wd / "checkpoints")
+    before = tree_snapshot(wd / "checkpoints")
     cfg = _config(dataset, tiny_checkpoint_dir)
     cfg.optim.clip_norm = 1.0
     with pytest.raises(CheckpointError) as exc:
@@ -201,7 +186,7 @@ def test_optimizer_change_is_refused_and_every_checkpoint_is_left(dataset, tiny_
     assert "\n" not in msg, msg
     assert re.search(r"checkpoints/6: holds optimizer state of another structure \(opt_state/unet/\S+ is not in the "
                      r"checkpoint.*\); it was saved with optim.clip_norm=None and this run has optim.clip_norm=1.0", msg), msg
-    assert _snapshot(wd / "checkpoints") == before
+    assert tree_snapshot(wd / "checkpoints") == before
     assert not [p for p in (wd / "checkpoints").iterdir() if "corrupt" in p.name]
 
 
@@ -215,7 +200,7 @@ def test_corrupt_latest_checkpoint_falls_back(dataset, tiny_checkpoint_dir, unin
     assert data_files
     for f in data_files:
         f.write_bytes(b"\0" * 16)  # truncate the array data
-    previous_before = _snapshot(wd / "checkpoints" / str(previous))
+    previous_before = tree_snapshot(wd / "checkpoints" / str(previous))
     cfg = _config(dataset, tiny_checkpoint_dir)
     cfg.train.total_steps = STEPS + 1
     with caplog.at_level(logging.INFO):
@@ -225,7 +210,7 @@ def test_corrupt_latest_checkpoint_falls_back(dataset, tiny_checkpoint_dir, unin
     assert _resumed_from(caplog.text) == [previous]
     assert last["step"] == previous + 1
     # the previous step was read, not rewritten (its data files are the same bytes)
-    after = _snapshot(wd / "checkpoints" / str(previous))
+    after = tree_snapshot(wd / "checkpoints" / str(previous))
     assert {k: v[2] for k, v in after.items() if v != "dir"} == {k: v[2] for k, v in previous_before.items() if v != "dir"}
 
 

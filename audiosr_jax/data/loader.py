@@ -6,18 +6,22 @@ deterministic, resumable and the same for any number of worker processes)::
     MapDataset.range(n)                      record indices of the source
       .shuffle(seed)                         a fresh permutation per epoch (grain folds the epoch into the seed)
       .repeat(num_epochs)                    None = forever
-      .map_with_index(_Example)              position p -> epoch p // n; crop + low-pass drawn from
+                                             (the stream: position p -> record index)
+    MapDataset.range(local positions)        this host's share: only its records are ever read
+      .map(_HostShare)                       local position -> (stream position, record index)
+      .map(_Example)                         epoch p // n; crop + low-pass drawn from
                                              default_rng([seed, epoch, index, ...]) (reads source[index])
-      [:stop][process_index::process_count]  this host's share: only its records are ever read
       .to_iter_dataset(ReadOptions)          threads in-process
       .mp_prefetch(num_workers)              optional worker processes (element order unchanged)
       .batch(global // process_count)        numpy dict per host
     -> jax.make_array_from_process_local_data(NamedSharding(mesh, P(batch_axes)), local)
 
-* **Global batches are process-count independent**: global batch ``s`` holds the stream positions
-  ``[s·B, (s+1)·B)``; host ``i`` of ``n`` holds those ``≡ i (mod n)``. The random draws depend on
-  ``(seed, epoch, record index)`` only (:func:`audiosr_jax.degrade.draw_spec` for the low-pass), so an
-  example is processed identically on any host, in any order, after any restart.
+* **Global batches are process-count independent, row for row**: global batch ``s`` holds the stream
+  positions ``[s·B, (s+1)·B)`` in order; each host reads the contiguous block of rows that its devices hold
+  in the batch sharding (host ``i`` of ``n``: rows ``[i·B/n, (i+1)·B/n)`` on the usual meshes), so every
+  device sees the same examples in the same place whatever the number of processes. The random draws
+  depend on ``(seed, epoch, record index)`` only (:func:`audiosr_jax.degrade.draw_spec` for the low-pass),
+  so an example is processed identically on any host, in any order, after any restart.
 * **Epoch end**: with ``num_epochs = E`` the stream has ``E·len(source)`` positions and the loader yields
   ``floor(E·len(source) / global_batch_size)`` batches (the last partial global batch is dropped, so every
   host runs the same number of steps); batches may straddle an epoch boundary when ``E > 1``.
@@ -50,7 +54,8 @@ from typing import Any, Sequence
 import grain
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from audiosr_jax import degrade as D
 
@@ -133,8 +138,22 @@ def _device_params(spec: D.LowpassSpec, sr: int) -> dict:
     return out
 
 
+class _HostShare:
+    """Map a host-local position q -> (stream position, record index): local batch s = q // L holds the
+    stream positions ``s·B + offset + [0, L)`` of global batch s (L = local, B = global batch size).
+    Picklable for grain workers."""
+
+    def __init__(self, stream: grain.MapDataset, global_batch: int, local_batch: int, offset: int):
+        self.stream, self.global_batch, self.local_batch, self.offset = stream, global_batch, local_batch, offset
+
+    def __call__(self, q: int) -> tuple[int, int]:
+        s, j = divmod(int(q), self.local_batch)
+        position = s * self.global_batch + self.offset + j
+        return position, int(self.stream[position])
+
+
 class _Example:
-    """Map (position, record index) -> one training example (numpy). Picklable for grain workers."""
+    """Map (stream position, record index) -> one training example (numpy). Picklable for grain workers."""
 
     def __init__(self, source: Any, cfg: LoaderConfig, n_records: int):
         self.source = source
@@ -142,8 +161,9 @@ class _Example:
         self.dcfg = cfg.degrade_config()
         self.n_records = n_records
 
-    def __call__(self, position: int, index: int) -> dict:
+    def __call__(self, item: tuple[int, int]) -> dict:
         cfg, dcfg = self.cfg, self.dcfg
+        position, index = item
         epoch = int(position) // self.n_records
         index = int(index)
         rec = self.source[index]
@@ -165,7 +185,23 @@ class _Example:
         else:
             spec = None
         out["cutoff_hz"] = np.float32(dcfg.sample_rate / 2 if spec is None else spec.cutoff_hz)
+        if "bandwidth_hz" in rec:  # the clip's measured content bandwidth (data/cutting.py): the LDM's loss mask
+            out["bandwidth_hz"] = np.float32(rec["bandwidth_hz"])
         return out
+
+
+def _host_row_offset(sharding: NamedSharding, global_batch: int, local_batch: int) -> int:
+    """First global row of this process's block in the batch sharding; ValueError when its devices do not
+    hold one contiguous block of ``local_batch`` rows (a mesh whose batch axes interleave processes)."""
+    rows = sorted({(sl[0].start or 0, global_batch if sl[0].stop is None else sl[0].stop)
+                   for sl in sharding.addressable_devices_indices_map((global_batch,)).values()})
+    start, stop = rows[0][0], rows[-1][1]
+    contiguous = all(a[1] == b[0] for a, b in zip(rows, rows[1:]))
+    if not contiguous or stop - start != local_batch:
+        raise ValueError(f"this process's devices hold rows {rows} of a global batch of {global_batch}, not one "
+                         f"block of {local_batch}: order the mesh's batch axes so each process's devices are "
+                         "adjacent along them (mesh_dcn outermost)")
+    return start
 
 
 def _batch_axes_size(mesh: Mesh, batch_axes: Sequence[str]) -> int:
@@ -181,7 +217,7 @@ class Loader:
     * ``audio`` float32 [B, crop] in [-1, 1); ``lowpass`` float32 [B, crop] (lowpass="host");
     * ``lowpass_params`` {sos [B, 5, 6], fc [B], t_win [B], fs_down [B]} (lowpass="device" or "device_stft");
     * ``cutoff_hz`` float32 [B] (sr/2 for lowpass="none"); ``index`` int32 [B] (record index);
-      ``epoch`` int32 [B].
+      ``epoch`` int32 [B]; ``bandwidth_hz`` float32 [B] where the source's records carry it.
 
     All leaves are sharded ``P(batch_axes)`` on the leading (batch) dim.
     """
@@ -215,19 +251,22 @@ class Loader:
         spec = P(self.batch_axes if len(self.batch_axes) > 1 else self.batch_axes[0])
         self.sharding = NamedSharding(mesh, spec)
 
-        ds = grain.MapDataset.range(n)
+        stream = grain.MapDataset.range(n)
         if cfg.shuffle:
-            ds = ds.shuffle(seed=cfg.seed)
-        ds = ds.repeat(cfg.num_epochs)
-        ds = ds.map_with_index(_Example(source, cfg, n))
+            stream = stream.shuffle(seed=cfg.seed)
+        stream = stream.repeat(cfg.num_epochs)
         if cfg.num_epochs is not None:
             self.num_batches = (cfg.num_epochs * n) // g
             if self.num_batches == 0:
                 raise ValueError(f"{cfg.num_epochs} epoch(s) of {n} records make no global batch of {g}")
-            ds = ds[: self.num_batches * g]  # whole global batches only: every host runs the same steps
         else:
             self.num_batches = None
-        ds = ds[pi::pc]
+        # whole global batches only, so every host runs the same steps
+        whole = self.num_batches if self.num_batches is not None else len(stream) // g
+        offset = pi * self.local_batch_size if self._simulated else _host_row_offset(
+            self.sharding, g, self.local_batch_size)
+        ds = grain.MapDataset.range(whole * self.local_batch_size)
+        ds = ds.map(_HostShare(stream, g, self.local_batch_size, offset)).map(_Example(source, cfg, n))
         it = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.prefetch_buffer))
         if cfg.worker_count > 0:
             # grain reads absl flags when it starts workers; a program without absl.app has not parsed them
