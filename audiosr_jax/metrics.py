@@ -244,7 +244,8 @@ def _nuwave_logpow(s: np.ndarray) -> np.ndarray:
     return np.log10(np.maximum(s * s, NUWAVE_POWER_FLOOR))
 
 
-def lsd_bands(ref, est, cutoff_hz: float | None = None, sr: int = 48000) -> dict[str, float]:
+def lsd_bands(ref, est, cutoff_hz: float | None = None, sr: int = 48000, *,
+              max_hz: float | None = None) -> dict[str, float]:
     """NU-Wave 2 LSD on the full band and, given a cutoff, on the generated and kept bands, in one pass.
 
     ``P = log10(max(|X|^2, 1e-8))`` with ``|X|`` = ``torch.stft(n_fft=2048, hop=512, hann_window(2048),
@@ -256,8 +257,12 @@ def lsd_bands(ref, est, cutoff_hz: float | None = None, sr: int = 48000) -> dict
       ref, est: [N] or [C, N] waveforms at ``sr`` Hz.
       cutoff_hz: bandwidth of the low-resolution input in Hz, or None for the full band only.
       sr: sample rate (the split formula scales with it; the STFT size stays 2048 / 512 as published).
+      max_hz: the reference's own bandwidth (Hz) when it is narrower than ``sr / 2``: bins from
+        ``band_split_index(max_hz)`` up are left out of every band (a reference with no content there is
+        no target); None (the published metric) keeps every bin.
     Returns:
-      ``{"lsd": ...}`` plus ``"lsd_hf"`` and ``"lsd_lf"`` when ``cutoff_hz`` is given (channel means).
+      ``{"lsd": ...}`` plus ``"lsd_hf"`` and ``"lsd_lf"`` when ``cutoff_hz`` is given (channel means);
+      ``"lsd_hf"`` is absent when ``max_hz`` leaves the generated band empty.
     Raises:
       MetricError: as :func:`lsd` (at least 2048 samples), and when the cutoff leaves either band empty
       (``hf`` not in ``[1, 1024]``, e.g. a cutoff at or above ``sr / 2``).
@@ -270,20 +275,24 @@ def lsd_bands(ref, est, cutoff_hz: float | None = None, sr: int = 48000) -> dict
             raise MetricError(
                 f"cutoff {float(cutoff_hz):.0f} Hz leaves an empty band at {sr} Hz (split bin {hf} of {n_bins})"
             )
+    top = n_bins if max_hz is None else min(n_bins, max(1, band_split_index(max_hz, sr)))
     out: dict[str, list[float]] = {"lsd": []}
     if hf is not None:
-        out["lsd_hf"], out["lsd_lf"] = [], []
+        out["lsd_lf"] = []
+        if hf < top:
+            out["lsd_hf"] = []
     for r, e in _pairs(ref, est, min_len=NUWAVE_N_FFT):
         full, high, low = [], [], []
         for a, b in _lockstep(r, e, NUWAVE_N_FFT, NUWAVE_HOP, "reflect"):
-            d2 = (_nuwave_logpow(b) - _nuwave_logpow(a)) ** 2
+            d2 = ((_nuwave_logpow(b) - _nuwave_logpow(a)) ** 2)[:, :top]
             full.append(np.sqrt(d2.mean(axis=-1)))
             if hf is not None:
-                high.append(np.sqrt(d2[:, hf:].mean(axis=-1)))
+                high.append(np.sqrt(d2[:, hf:].mean(axis=-1)) if hf < top else None)
                 low.append(np.sqrt(d2[:, :hf].mean(axis=-1)))
         out["lsd"].append(np.concatenate(full).mean())
-        if hf is not None:
+        if "lsd_hf" in out:
             out["lsd_hf"].append(np.concatenate(high).mean())
+        if hf is not None:
             out["lsd_lf"].append(np.concatenate(low).mean())
     return {k: float(np.mean(v)) for k, v in out.items()}
 

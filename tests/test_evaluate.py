@@ -173,3 +173,26 @@ def test_usage_errors(tmp_path, refs, capsys):
     rc, _, err = _run(["--simulate", "4000", "--references", refs, "--inputs", refs / "sim"], capsys)
     assert rc == 2 and "inside the references" in err
     assert E.parse_cutoffs("8k, 4000,4kHz") == [4000.0, 8000.0]
+
+
+def _band(x, lo_hz, hi_hz):
+    """x with every FFT bin outside [lo_hz, hi_hz) zeroed (a brick-wall band, no phase change)."""
+    spec = np.fft.rfft(x)
+    f = np.fft.rfftfreq(len(x), 1 / SR)
+    return np.fft.irfft(np.where((f >= lo_hz) & (f < hi_hz), spec, 0), len(x))
+
+
+def test_a_narrow_reference_is_scored_within_its_own_band(tmp_path):
+    """A reference with nothing above 12 kHz, an output equal to it below 12 kHz plus noise above 14 kHz:
+    within the reference's band LSD-HF (4–12 kHz) sees a perfect output; every-bin scoring sees the noise."""
+    ref = _band(_noise(2 * SR, 1), 0, 12000)
+    out = ref + _band(_noise(2 * SR, 2), 14000, SR)
+    for name, x in (("ref.wav", ref), ("out.wav", out)):
+        sf.write(tmp_path / name, x, SR, subtype="FLOAT")
+    inside = E.evaluate_file(str(tmp_path / "out.wav"), str(tmp_path / "ref.wav"), None, 4000.0, "given")
+    every = E.evaluate_file(str(tmp_path / "out.wav"), str(tmp_path / "ref.wav"), None, 4000.0, "given",
+                            within_reference_band=False)
+    assert 11000 < inside["reference_bandwidth_hz"] < 13000
+    assert every["reference_bandwidth_hz"] == inside["reference_bandwidth_hz"]
+    assert inside["lsd_hf"] < 0.05 < 0.5 < every["lsd_hf"]
+    assert inside["lsd_lf"] == pytest.approx(every["lsd_lf"], abs=1e-12)

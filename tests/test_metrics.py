@@ -55,6 +55,22 @@ def test_lsd_bands_match_nuwave2_formula():
     assert M.lsd_nuwave2(ref, est) == got["lsd"]
 
 
+def test_lsd_bands_within_a_narrow_references_band():
+    """max_hz (the reference's own bandwidth) drops the bins from band_split_index(max_hz) up from every band."""
+    ref, est = noise(30_000, 1), noise(30_000, 2) + 0.5 * noise(30_000, 1)
+    spec = lambda x: np.abs(librosa.stft(x, n_fft=2048, hop_length=512, center=True, pad_mode="reflect"))  # noqa: E731
+    p_ref, p_est = (np.log10(np.maximum(spec(x) ** 2, 1e-8)) for x in (ref, est))
+    hf, top = int(1025 * 8000 / 48000), int(1025 * 32000 / 48000)  # cutoff 4 kHz, reference band 16 kHz
+    lsd_of = lambda a, b: np.mean(np.sqrt(np.mean((a - b) ** 2, axis=0)))  # noqa: E731
+    got = M.lsd_bands(ref, est, 4000, max_hz=16000)
+    assert got["lsd"] == pytest.approx(lsd_of(p_est[:top], p_ref[:top]), rel=1e-9)
+    assert got["lsd_hf"] == pytest.approx(lsd_of(p_est[hf:top], p_ref[hf:top]), rel=1e-9)
+    assert got["lsd_lf"] == pytest.approx(lsd_of(p_est[:hf], p_ref[:hf]), rel=1e-9)
+    assert M.lsd_bands(ref, est, 4000, max_hz=24000) == M.lsd_bands(ref, est, 4000)  # full band: unchanged
+    below = M.lsd_bands(ref, est, 8000, max_hz=6000)  # the reference ends below the cutoff: no generated band
+    assert "lsd_hf" not in below and below["lsd_lf"] == pytest.approx(lsd_of(p_est[:256], p_ref[:256]), rel=1e-9)
+
+
 def test_identical_signals():
     x = noise()
     assert M.lsd(x, x) < 1e-9

@@ -79,6 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--filter", default="ellip", choices=FILTER_TYPES, help="--simulate filter type (default ellip)")
     p.add_argument("--order", type=int, default=8, help="--simulate filter order (default 8, as the pipeline)")
     p.add_argument("--overwrite", action="store_true", help="--simulate: replace an earlier simulation")
+    p.add_argument("--every-bin", action="store_true",
+                   help="score every bin even where a reference is narrower than 24 kHz (default: LSD-HF/LF and "
+                        "NU-Wave 2 LSD stop at the reference's measured bandwidth)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -116,7 +119,8 @@ def main(argv=None) -> int:
         suffixes = tuple(args.suffix) if args.suffix else DEFAULT_SUFFIXES
         report = evaluate(args.outputs, args.references, args.inputs, manifest=args.manifest, png_dir=args.png,
                           png_seconds=args.png_seconds, bucket_width_khz=args.bucket_khz,
-                          max_length_diff_s=args.max_length_diff, suffixes=suffixes, progress=progress)
+                          max_length_diff_s=args.max_length_diff, suffixes=suffixes, progress=progress,
+                          within_reference_band=not args.every_bin)
         print(format_table(report.table) if report.table else "no file could be scored")
         if args.csv:
             write_csv(report.rows, args.csv)

@@ -1,7 +1,8 @@
 """The 60 dB bandwidth rule: the highest frequency whose smoothed mean spectrum is within 60 dB of its peak.
 
 One implementation for the corpus builder (``data/build_corpus.py`` gates and records clips with it) and the
-dataset builder (``audiosr_jax.data.segments`` stores it per example for the LDM's loss mask).
+dataset builder (``audiosr_jax.data.segments`` stores it per example for the LDM's loss mask) and the
+evaluation (a narrow reference is scored within its own band, ``evaluation.scoring``).
 """
 
 from __future__ import annotations

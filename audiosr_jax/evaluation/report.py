@@ -59,6 +59,7 @@ def evaluate(
     max_length_diff_s: float = 0.1,
     suffixes=DEFAULT_SUFFIXES,
     progress: bool = False,
+    within_reference_band: bool = True,
 ) -> Report:
     """Pair and score every output (see the module docstring for the pairing and cutoff rules).
 
@@ -67,6 +68,8 @@ def evaluate(
         (a ``manifest.json`` there is used unless ``manifest`` names another file).
       png_dir: write ``<png_dir>/<output relative path>.png`` per file.
       bucket_width_khz: width of the cutoff buckets of the table.
+      within_reference_band: score a reference narrower than 24 kHz within its own measured band
+        (``scoring.evaluate_file``); False scores every bin, as the published metrics.
     Returns:
       a :class:`Report`. Unusable files / metrics become ``status="failed"`` rows and problems; nothing raises
       for a single bad file.
@@ -94,7 +97,8 @@ def evaluate(
         png = os.path.join(png_dir, key + ".png") if png_dir else None
         try:
             row = evaluate_file(out, ref, inp, cutoff, source, png=png, png_seconds=png_seconds,
-                                max_length_diff_s=max_length_diff_s, warnings=warnings)
+                                max_length_diff_s=max_length_diff_s, warnings=warnings,
+                                within_reference_band=within_reference_band)
         except (AudioError, metrics.MetricError) as e:
             msg = str(e) if isinstance(e, AudioError) else f"{out}: {e}"
             problems.append(msg)

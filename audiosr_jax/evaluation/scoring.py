@@ -9,6 +9,7 @@ import numpy as np
 
 from audiosr_jax import metrics
 from audiosr_jax.audio import atomic_write
+from audiosr_jax.data.bandwidth import measure_bandwidth
 from audiosr_jax.errors import AudioError, UserError
 
 EVAL_SR = 48000
@@ -17,8 +18,10 @@ CSV_FIELDS = (
     "output", "reference", "input", "status", "error", "cutoff_hz", "cutoff_source", "cutoff_bucket_khz",
     "detected_cutoff_hz", "output_sr", "reference_sr", "channels", "duration_s", "length_diff_s",
     "lsd", "lsd_hf", "lsd_lf", "lsd_nuwave2", "lsd_energy_scaled", "si_sdr", "snr",
-    "input_lsd", "input_lsd_hf", "input_lsd_lf", "png",
+    "input_lsd", "input_lsd_hf", "input_lsd_lf", "reference_bandwidth_hz", "png",
 )
+# a reference whose measured bandwidth (data/bandwidth.py's 60 dB rule) is below this is scored within it
+NARROW_REFERENCE_HZ = 0.95 * EVAL_SR / 2
 
 
 def _one_line(e: BaseException) -> str:
@@ -153,6 +156,7 @@ def evaluate_file(
     png_seconds: float = 30.0,
     max_length_diff_s: float = 0.1,
     warnings: list[str] | None = None,
+    within_reference_band: bool = True,
 ) -> dict:
     """Every metric for one output file against its reference (and its input, when known).
 
@@ -163,6 +167,9 @@ def evaluate_file(
       png: write the spectrogram PNG (input, output, reference) there.
       max_length_diff_s: a larger length difference is reported in ``warnings`` (likely mispaired files; the
         metrics still use the common length, as ssr_eval would for < 100 samples).
+      within_reference_band: the reference's bandwidth is measured (``reference_bandwidth_hz``); when it is
+        below ``NARROW_REFERENCE_HZ`` the NU-Wave 2 LSDs (lsd_nuwave2, LSD-HF, LSD-LF, and the input's) leave
+        out the bins above it (``metrics.lsd_bands(max_hz=...)``); False scores every bin.
     Returns:
       a row dict with the ``CSV_FIELDS`` keys (``status`` "ok"); metrics that do not apply are None.
     Raises:
@@ -202,15 +209,22 @@ def evaluate_file(
     if split is not None and not 0 < metrics.band_split_index(split, EVAL_SR) < metrics.NUWAVE_N_FFT // 2 + 1:
         warnings.append(f"{output}: cutoff {split:.0f} Hz leaves no generated band; LSD-HF / LSD-LF left empty")
         split = None
-    bands = metrics.lsd_bands(ref, out, split, EVAL_SR)
+    row["reference_bandwidth_hz"] = measure_bandwidth(ref.mean(axis=0), EVAL_SR)
+    max_hz = row["reference_bandwidth_hz"] if within_reference_band else None
+    if max_hz is not None and max_hz >= NARROW_REFERENCE_HZ:
+        max_hz = None
+    bands = metrics.lsd_bands(ref, out, split, EVAL_SR, max_hz=max_hz)
     row.update(lsd_nuwave2=bands["lsd"], lsd_hf=bands.get("lsd_hf"), lsd_lf=bands.get("lsd_lf"))
+    if split is not None and "lsd_hf" not in bands:
+        warnings.append(f"{output}: the reference's bandwidth {max_hz:.0f} Hz is below the cutoff {split:.0f} Hz; "
+                        "LSD-HF left empty")
 
     if inp is not None:
         inp_m, ref_m, _ = _match_channels(inp, ref)
         row["input_lsd"] = metrics.lsd(ref_m, inp_m, EVAL_SR)
         if split is not None:
-            b = metrics.lsd_bands(ref_m, inp_m, split, EVAL_SR)
-            row.update(input_lsd_hf=b["lsd_hf"], input_lsd_lf=b["lsd_lf"])
+            b = metrics.lsd_bands(ref_m, inp_m, split, EVAL_SR, max_hz=max_hz)
+            row.update(input_lsd_hf=b.get("lsd_hf"), input_lsd_lf=b["lsd_lf"])
 
     if png:
         panels = [("input", input, inp)] if inp is not None else []
