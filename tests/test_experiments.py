@@ -173,3 +173,44 @@ def test_seed_replicates_pool_into_mean_and_spread(grid, tmp_path):
     lsd_table = md.split("## LSD (")[1].split("##")[0]
     mean = 1.1 + np.mean([0.2, 0.4, 0.8, 1.2]) + 0.01
     assert f"{mean:.3f} ± 0.100" in lsd_table  # mean ± std over the two training seeds
+
+
+def test_settings_limited_to_some_cells_are_scored_only_there_and_compared_on_common_ones(tmp_path):
+    """The objectives grid: DDIM only in the diffusion cells, midpoint only in flow/bridge cells; tables and
+    plot by network evaluations; paired differences only at settings every cell has."""
+    from audiosr_jax.configs.ablations.objectives import get_config
+
+    grid = get_config()
+    by_objective = {c["axes"]["ldm.objective"]: c for c in ablation.cells(grid) if c["seed"] == 0}
+    settings = {s["key"]: s for s in ablation.eval_settings(grid)}
+    assert settings["heun-3"]["calls"] == 5 and settings["midpoint-2"]["calls"] == 4
+    assert settings["ddim-eta1-50"]["calls"] == 50 and settings["euler-1"]["calls"] == 1
+    scored = {o: {k for k, s in settings.items() if ablation.applies(s, c)} for o, c in by_objective.items()}
+    assert "ddim-eta1-10" in scored["diffusion"] and "midpoint-1" not in scored["diffusion"]
+    assert "midpoint-5" in scored["flow"] == scored["bridge"] and "ddim-eta1-50" not in scored["bridge"]
+    common = [s["key"] for s in ablation.common_settings(grid)]
+    assert set(common) == scored["diffusion"] & scored["flow"] and "euler-50" in common
+    assert [settings[k]["calls"] for k in common] == sorted(settings[k]["calls"] for k in common)
+    # a cell given results for its own settings only is finished: run_cell returns without training
+    for offset, (objective, cell) in enumerate(by_objective.items()):
+        files = [{"output": f"lp{k}000/clip{i}.wav", "cutoff_bucket_khz": float(k), "lsd": 1.0 + offset / 10 + i / 100,
+                  "lsd_hf": 2.0, "lsd_lf": 0.2, "si_sdr": 3.0, "input_lsd": 4.0, "input_lsd_hf": 6.0}
+                 for k in (4, 8) for i in range(2)]
+        evals = {k: {**s, "seconds": 1.0, "per_cutoff": [], "files": files} for k, s in settings.items()
+                 if k in scored[objective]}
+        path = tmp_path / "cells" / cell["dir"] / "results.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"cell": cell, "evals": evals}))
+        res = ablation.run_cell(grid, cell, tmp_path, {"dataset": None, "base": None, "inputs": None,
+                                                        "references": None})
+        assert set(res["evals"]) == scored[objective]
+    md = ablation.write_report(grid, tmp_path, ablation.collect(grid, tmp_path)).read_text()
+    paired = md.split("## Paired differences against the first cell (")[1:]
+    assert sorted(p.split(")")[0] for p in paired) == sorted(common)
+    flow_row = next(line for line in paired[0].splitlines() if line.startswith(f"| {by_objective['flow']['name']} |"))
+    assert "| +0.100 ± 0.000 |" in flow_row
+    lsd_table = md.split("## LSD (")[1].split("##")[0]
+    header = next(line for line in lsd_table.splitlines() if line.startswith("| cell |")) + " "
+    assert header.index("euler-1 ") < header.index("midpoint-1 ") < header.index("ddim-eta1-50")  # by NFE
+    diffusion_row = next(line for line in lsd_table.splitlines() if "objective=diffusion" in line)
+    assert diffusion_row.count(" - ") == len([k for k in settings if k not in scored["diffusion"]])

@@ -26,7 +26,7 @@ import sys
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from audiosr_jax.diffusion.sampling import SAMPLERS
+    from audiosr_jax.diffusion.sampling import ALL_SAMPLERS
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("inputs", nargs="*", help="audio files, folders, globs, or @list.txt")
@@ -44,9 +44,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--guidance", "-gs", "--guidance_scale", dest="guidance", type=float, default=3.5,
                    help="classifier-free guidance scale (default 3.5)")
     p.add_argument("--eta", type=float, default=1.0, help="DDIM eta; 1.0 = stochastic, as the reference")
-    p.add_argument("--sampler", default="ddim", choices=list(SAMPLERS),
+    p.add_argument("--sampler", default="ddim", choices=list(ALL_SAMPLERS),
                    help="ddim (default, the reference's); dpmpp_2m (best ≤ 15 steps), unipc (≥ 20 steps), "
-                        "euler (= DDIM eta 0) or heun (2nd order, 2·steps−1 network calls)")
+                        "euler (= DDIM eta 0) or heun (2nd order, 2·steps−1 network calls); a flow/bridge-"
+                        "objective checkpoint takes euler, heun or midpoint (2nd order, 2·steps calls)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="network compute dtype")
     p.add_argument("--lowpass", default="official", choices=["official", "butter", "cheby1", "ellip", "bessel"],
                    help="the condition's low-pass family: official (default) draws it from the seed as the "

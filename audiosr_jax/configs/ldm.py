@@ -22,6 +22,12 @@ def get_config(preset: str = "full") -> ml_collections.ConfigDict:
         cfg_drop_prob=0.1, cfg_drop_per="batch",   # the reference drops the condition once per batch
         ema_decay=0.9999,
         mask_above_bandwidth=True,   # batches with "bandwidth_hz": the loss ignores latent rows above it
+        # "diffusion" (the above schedule/parameterisation), "flow" (rectified flow from noise) or "bridge"
+        # (flow from the condition latent + bridge_noise·ε): audiosr_jax/diffusion/flow.py
+        objective="diffusion",
+        flow_time_sampling="logit_normal", flow_logit_mean=0.0, flow_logit_std=1.0,  # training t law
+        flow_time_shift=1.0,         # SD3 shift s·t/(1+(s−1)·t), at training and on the sampling grid
+        bridge_noise=0.5,            # σ_b of the bridge's start point
     ))
     c.optim = ml_collections.ConfigDict(dict(lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01,
                                              warmup_steps=5000, schedule="constant", clip_norm=None))

@@ -4,6 +4,10 @@ A trained UNet only makes sense with the noise schedule (ᾱ table) and the para
 (config.ldm.{schedule, schedule_kwargs, num_timesteps, parameterization}). `DiffusionConfig` carries them from
 the LDM run to the inference checkpoint (architecture.json "diffusion"); the defaults are the released
 AudioSR model's: unclipped cosine, 1000 steps, v-prediction.
+
+`objective` picks the training/sampling maths: "diffusion" (the ᾱ table above), or "flow" / "bridge" (the
+straight-line interpolation of `flow`, with its time sampling, time shift and bridge noise; the schedule and
+parameterisation fields are then unused, `num_timesteps` only scales the UNet's time input).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from audiosr_jax.diffusion.flow import check_flow_settings, check_objective
 from audiosr_jax.diffusion.parameterization import check_parameterization
 from audiosr_jax.diffusion.schedules import make_alphas_cumprod
 
@@ -39,12 +44,22 @@ class DiffusionConfig:
 
     schedule_kwargs may be given as a dict; it is stored as a sorted tuple of (name, value) pairs so the
     config is hashable (it is a static argument of the jitted pipeline). Invalid settings raise ValueError.
+
+    objective: "diffusion" (default), "flow" or "bridge" (`flow` module docstring). flow_time_sampling,
+    flow_logit_mean, flow_logit_std: the training time law; flow_time_shift: SD3's shift, at training and on
+    the sampling grid; bridge_noise: σ_b of the bridge's start point c + σ_b·ε.
     """
 
     schedule: str = "cosine"
     schedule_kwargs: tuple = ()
     num_timesteps: int = 1000
     parameterization: str = "v"
+    objective: str = "diffusion"
+    flow_time_sampling: str = "logit_normal"
+    flow_logit_mean: float = 0.0
+    flow_logit_std: float = 1.0
+    flow_time_shift: float = 1.0
+    bridge_noise: float = 0.5
 
     def __post_init__(self):
         kw = self.schedule_kwargs
@@ -53,7 +68,12 @@ class DiffusionConfig:
         items = kw.items() if isinstance(kw, Mapping) else kw
         object.__setattr__(self, "schedule_kwargs", tuple(sorted((str(k), _plain(v)) for k, v in items)))
         object.__setattr__(self, "num_timesteps", int(self.num_timesteps))
+        for name in _FLOAT_FIELDS:
+            object.__setattr__(self, name, float(getattr(self, name)))
         check_parameterization(self.parameterization)
+        check_objective(self.objective)
+        check_flow_settings(self.flow_time_sampling, self.flow_logit_std, self.flow_time_shift, self.bridge_noise,
+                            self.flow_logit_mean)
         _table(self)  # validates the schedule name and kwargs (cached)
 
     @property
@@ -65,9 +85,16 @@ class DiffusionConfig:
         return _table(self)
 
     def to_dict(self) -> dict:
-        return {"schedule": self.schedule, "schedule_kwargs": {k: list(v) if isinstance(v, tuple) else v
-                                                               for k, v in self.schedule_kwargs},
-                "num_timesteps": self.num_timesteps, "parameterization": self.parameterization}
+        """JSON-ready settings. The objective's keys are written for flow/bridge; for "diffusion" only where they
+        differ from the defaults, so a diffusion model's architecture.json reads as it did before they existed."""
+        d = {"schedule": self.schedule, "schedule_kwargs": {k: list(v) if isinstance(v, tuple) else v
+                                                            for k, v in self.schedule_kwargs},
+             "num_timesteps": self.num_timesteps, "parameterization": self.parameterization}
+        default = DiffusionConfig()
+        for name in _OBJECTIVE_FIELDS:
+            if self.objective != "diffusion" or getattr(self, name) != getattr(default, name):
+                d[name] = getattr(self, name)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping | None) -> DiffusionConfig:
@@ -88,6 +115,10 @@ class DiffusionConfig:
         """From a training config's ``ldm`` section (dict or ConfigDict), ignoring its other keys."""
         ldm = ldm.to_dict() if hasattr(ldm, "to_dict") else dict(ldm or {})
         return cls.from_dict({f.name: ldm[f.name] for f in dataclasses.fields(cls) if f.name in ldm})
+
+
+_FLOAT_FIELDS = ("flow_logit_mean", "flow_logit_std", "flow_time_shift", "bridge_noise")
+_OBJECTIVE_FIELDS = ("objective", "flow_time_sampling") + _FLOAT_FIELDS
 
 
 @functools.lru_cache(maxsize=32)

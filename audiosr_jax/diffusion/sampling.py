@@ -10,6 +10,9 @@ timestep with ᾱ = 0 (x₀ = (x_t − σ·ε)/√ᾱ). On zero-terminal-SNR sch
 the grids avoid that point: DPM-Solver++/UniPC/Euler/Heun start at the largest t with ᾱ > 0, and the reference
 DDIM grid t = k·⌊T/S⌋ + 1 reaches T − 1 only when ⌊T/S⌋ divides T − 2 (for T = 1000: S ≥ 500), so ε-models
 sample fine at the usual step counts; those DDIM step counts are refused for them.
+Models trained with the flow or bridge objective (`flow`) sample with `flow_samplers` instead: "euler",
+"heun" and "midpoint" on the flow ODE (`check_options` says which names a model takes; "midpoint" exists
+only there, hence `ALL_SAMPLERS`). The call counts agree across objectives: Euler S, Heun 2S − 1, midpoint 2S.
 (The model's own ε at ᾱ ≈ 0 is still a poor x₀ estimate, amplified by 1/√ᾱ; that is the ε-parameterisation's
 known weakness at zero terminal SNR, Lin et al. 2023, not a sampler matter.)
 """
@@ -22,14 +25,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from audiosr_jax.diffusion import flow_samplers
 from audiosr_jax.diffusion import parameterization as pz
+from audiosr_jax.diffusion.config import DiffusionConfig
 from audiosr_jax.diffusion.dpm_solver import DPMPP_2M, UNIPC
 from audiosr_jax.diffusion.ode import EULER, HEUN
 from audiosr_jax.diffusion.sampler_spec import SamplerSpec
 from audiosr_jax.diffusion.samplers import DDIM
 
-__all__ = ["REGISTRY", "SAMPLERS", "network_timesteps", "num_noise_steps", "num_network_calls", "v_denoiser",
-           "check_timesteps", "sample"]
+__all__ = ["REGISTRY", "SAMPLERS", "ALL_SAMPLERS", "FLOW_ONLY_SAMPLERS", "check_options", "network_timesteps",
+           "num_noise_steps", "num_network_calls", "v_denoiser", "check_timesteps", "sample"]
 
 Denoiser = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -37,9 +42,15 @@ Denoiser = Callable[[jax.Array, jax.Array], jax.Array]
 # with η); the others deterministic on the log-SNR grid of dpm_solver.
 REGISTRY: dict[str, SamplerSpec] = {s.name: s for s in (DDIM, DPMPP_2M, UNIPC, EULER, HEUN)}
 SAMPLERS = tuple(REGISTRY)
+# samplers of flow/bridge-objective models only (`flow_samplers`); the CLI offers ALL_SAMPLERS
+FLOW_ONLY_SAMPLERS = tuple(m for m in flow_samplers.METHODS if m not in REGISTRY)
+ALL_SAMPLERS = SAMPLERS + FLOW_ONLY_SAMPLERS
 
 
 def _spec(sampler: str) -> SamplerSpec:
+    if sampler in FLOW_ONLY_SAMPLERS:
+        raise ValueError(f"sampler {sampler!r} is for flow/bridge-objective models; this is a diffusion model: "
+                         f"choose from {SAMPLERS}")
     if sampler not in REGISTRY:
         raise ValueError(f"unknown sampler {sampler!r}; choose from {SAMPLERS}")
     return REGISTRY[sampler]
@@ -53,13 +64,32 @@ def network_timesteps(sampler: str, alphas_cumprod: np.ndarray, num_steps: int) 
 def num_noise_steps(sampler: str, num_steps: int, num_timesteps: int = 1000) -> int:
     """Length of the per-step noise axis `sample` takes: one draw per DDIM step (len(ddim_timesteps), which
     exceeds num_steps when it does not divide num_timesteps); the deterministic samplers ignore noise and
-    are given num_steps (so the value also counts steps)."""
+    are given num_steps (so the value also counts steps); so are the flow-only samplers."""
+    if sampler in FLOW_ONLY_SAMPLERS:
+        return int(num_steps)
     return _spec(sampler).noise_steps(num_steps, num_timesteps)
 
 
 def num_network_calls(sampler: str, num_steps: int, num_timesteps: int = 1000) -> int:
-    """Denoiser calls of one run (before guidance doubling): Heun 2·S − 1, DDIM its grid length, others S."""
+    """Denoiser calls of one run (before guidance doubling): Heun 2·S − 1, midpoint 2·S (flow only), DDIM its
+    grid length, others S. Euler and Heun make as many calls on the flow ODE as on the diffusion one."""
+    if sampler in FLOW_ONLY_SAMPLERS:
+        return flow_samplers.num_calls(sampler, num_steps)
     return _spec(sampler).calls(num_noise_steps(sampler, num_steps, num_timesteps))
+
+
+def check_options(diffusion: DiffusionConfig, sampler: str, num_steps: int) -> None:
+    """ValueError (one line) where a model trained with `diffusion` cannot sample with (sampler, num_steps):
+    diffusion models take SAMPLERS (and `check_timesteps`), flow/bridge models `flow_samplers.METHODS`."""
+    if diffusion.objective == "diffusion":
+        check_timesteps(diffusion.parameterization, diffusion.alphas_cumprod(),
+                        network_timesteps(sampler, diffusion.alphas_cumprod(), num_steps))
+        return
+    if sampler not in flow_samplers.METHODS:
+        raise ValueError(f"sampler {sampler!r} is not available for a {diffusion.objective}-objective model "
+                         f"(its eta is a diffusion setting too); choose from {flow_samplers.METHODS}")
+    if int(num_steps) < 1:
+        raise ValueError(f"number of sampling steps must be >= 1, got {num_steps}")
 
 
 def check_timesteps(parameterization: str, alphas_cumprod: np.ndarray, timesteps) -> None:

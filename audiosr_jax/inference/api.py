@@ -43,7 +43,8 @@ class AudioSR:
         `cache_dir`, default ~/.cache/audiosr_jax), a converted checkpoint directory, or a PyTorch checkpoint
         file (.bin/.pth/.ckpt/.safetensors, converted once). devices: use the first N local devices (0 = all);
         low_memory: hold one network at a time (about half the peak memory)."""
-        from jax.sharding import NamedSharding, PartitionSpec as P
+        from jax.sharding import NamedSharding
+        from jax.sharding import PartitionSpec as P
 
         from audiosr_jax import memory, runtime
         from audiosr_jax.inference.checkpoint import load_weights
@@ -66,8 +67,7 @@ class AudioSR:
         if not 1 <= steps <= d.num_timesteps:
             raise UserError(f"steps={steps}: this model was trained with {d.num_timesteps} timesteps")
         try:
-            ts = sampling.network_timesteps(sampler, d.alphas_cumprod(), steps)
-            sampling.check_timesteps(d.parameterization, d.alphas_cumprod(), ts)
+            sampling.check_options(d, sampler, steps)  # per objective: diffusion or flow/bridge samplers
         except ValueError as e:
             raise UserError(f"sampler={sampler} steps={steps}: {e}") from None
         return SamplingOptions(steps, guidance, eta, sampler, dtype)

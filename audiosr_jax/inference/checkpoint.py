@@ -3,8 +3,11 @@
 Layout of DIR:
   architecture.json   {"format": "audiosr-jax/1", "vae": {...}, "unet": {...}, "vocoder": {...},
                        "scale_factor": float, "has_cond_vae": bool, "source": str,
-                       "diffusion": {"schedule", "schedule_kwargs", "num_timesteps", "parameterization"}}
-                      ("diffusion": the UNet's training schedule/parameterisation; absent = the release's)
+                       "diffusion": {"schedule", "schedule_kwargs", "num_timesteps", "parameterization"
+                                     [, "objective", "flow_time_sampling", "flow_logit_mean", "flow_logit_std",
+                                        "flow_time_shift", "bridge_noise"]}}
+                      ("diffusion": the UNet's training schedule/parameterisation and objective; absent = the
+                      release's; the objective keys are written for flow/bridge models, absent = "diffusion")
   params/             orbax StandardCheckpointer tree {"vae", "unet", "vocoder"[, "cond_vae"]}
 
 `sample.py --checkpoint DIR` needs nothing else. Saving writes to a sibling temporary directory and renames

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from audiosr_jax import audio
-from audiosr_jax.diffusion import sampling
+from audiosr_jax.diffusion import flow, flow_samplers, sampling
 from audiosr_jax.diffusion.samplers import classifier_free_guidance
 from audiosr_jax.errors import AudioError
 from audiosr_jax.inference import lowpass, postprocess, progress
@@ -44,7 +44,8 @@ class SamplingOptions(NamedTuple):
     "unipc" (UniPC), "euler" or "heun" (probability-flow ODE; Heun makes 2·steps − 1 network calls), the last
     four deterministic on a log-SNR grid from the largest t with ᾱ > 0 (998 for AudioSR); dtype: compute
     dtype of the networks ("float32" or "bfloat16"; params stay float32). The schedule and parameterisation
-    come from the weights (`AudioSRWeights.diffusion`)."""
+    come from the weights (`AudioSRWeights.diffusion`). Flow/bridge-objective weights take "euler", "heun"
+    or "midpoint" (2·steps calls) on the flow ODE, on the shifted uniform grid; eta is ignored there."""
 
     steps: int = 50
     guidance: float = 3.5
@@ -92,7 +93,10 @@ def draw_noise(keys: jax.Array, latent: tuple[int, int, int], num_steps: int) ->
 
 def num_sampler_steps(options: SamplingOptions, weights: AudioSRWeights | None = None) -> int:
     """Length of the noise.steps axis the sampler takes (`sampling.num_noise_steps`) for the schedule of
-    `weights` (default: the released model's 1000 steps; DDIM's length depends on it)."""
+    `weights` (default: the released model's 1000 steps; DDIM's length depends on it). Flow/bridge samplers take
+    no per-step noise; they are given `steps` (so the value also counts steps)."""
+    if weights is not None and weights.diffusion.objective != "diffusion":
+        return int(options.steps)
     num_timesteps = 1000 if weights is None else weights.diffusion.num_timesteps
     return sampling.num_noise_steps(options.sampler, options.steps, num_timesteps)
 
@@ -127,8 +131,24 @@ def _sample_latent(unet_params, scale_factor, cond, x_T, step_noise, configs, op
         return pred
 
     denoise = classifier_free_guidance(model, cond, uncond, options.guidance)  # in the model's parameterisation
+    if diffusion.objective != "diffusion":
+        return _sample_flow_latent(denoise, scale_factor, cond, x_T, diffusion, options)
     return sampling.sample(options.sampler, denoise, x_T, diffusion.alphas_cumprod(), options.steps,
                            parameterization=diffusion.parameterization, eta=options.eta, noise=step_noise)
+
+
+def _sample_flow_latent(velocity, scale_factor, cond, x_T, diffusion, options: SamplingOptions):
+    """A flow/bridge model: its ODE from t = 1 to 0 (`flow_samplers`), guidance on the velocity (affine, so the
+    same `classifier_free_guidance`). The start is x_T (flow) or c·scale_factor + σ_b·x_T (bridge: x_T is the ε
+    of the start point). The UNet's time input is t·num_timesteps (`flow.network_time`). eta is not used."""
+    sampling.check_options(diffusion, options.sampler, options.steps)
+    x1 = x_T if diffusion.objective == "flow" else flow.bridge_start(cond * scale_factor, x_T, diffusion.bridge_noise)
+
+    def unet_velocity(x, t):  # t ∈ [0, 1] → the UNet's t·T
+        return velocity(x, flow.network_time(t, diffusion.num_timesteps))
+
+    return flow_samplers.sample(options.sampler, unet_velocity, x1.astype(x_T.dtype), options.steps,
+                                diffusion.flow_time_shift)
 
 
 def _decode_mel(dec_params, scale_factor, latent, configs, options: SamplingOptions):

@@ -12,7 +12,9 @@ A grid config (``audiosr_jax/configs/ablations/*.py``) holds:
 * ``axes``: ``((dotted config key, (values, ...)), ...)``; the cells are their Cartesian product times ``seeds`` (each seed
   sets ``train.seed``: initialisation, noise and condition dropout; the batches are the same for every cell).
 * ``eval``: ``cutoffs_hz``, ``clips`` (held-out 5.12 s clips of the validation split), ``guidance``, ``seed``,
-  and ``samplers``: a list of ``{sampler, eta, steps: [..]}``; every cell is scored at every (sampler, steps).
+  and ``samplers``: a list of ``{sampler, eta, steps: [..], only: {dotted key: [values]}}``; a cell is scored
+  at every (sampler, steps) whose ``only`` (optional) it matches — e.g. ``midpoint`` only where
+  ``ldm.objective`` is flow or bridge. Tables and plots count network evaluations (NFE), not steps.
 
 Each cell lives in ``<workdir>/cells/<cell>/`` (``ldm/`` training run, ``checkpoint/`` export,
 ``outputs/<sampler>-<steps>/`` audio, ``results.json``). A cell whose ``results.json`` has every evaluation
@@ -62,15 +64,40 @@ def cells(grid: Any) -> list[dict]:
     return out
 
 
+def network_calls(sampler: str, steps: int) -> int:
+    """UNet evaluations of one run (before the guidance pair): the flow ODE's own samplers
+    (`flow_samplers.num_calls`) where the sampler exists only there, else `sampling.num_network_calls`."""
+    from audiosr_jax.diffusion import flow_samplers, sampling
+
+    if sampler in sampling.FLOW_ONLY_SAMPLERS:
+        return flow_samplers.num_calls(sampler, steps)
+    return sampling.num_network_calls(sampler, steps)
+
+
 def eval_settings(grid: Any) -> list[dict]:
-    """Every (sampler, eta, steps) the cells are scored at, as dicts with a ``key`` like ``ddim-eta1-50``."""
+    """Every (sampler, eta, steps) the cells are scored at, as dicts with a ``key`` like ``ddim-eta1-50``,
+    ``calls`` (network evaluations) and ``only`` ({dotted key: [values]} a cell must match; {} = every cell)."""
     out = []
     for s in grid.eval.samplers:
+        only = s.get("only") or {}
+        only = {k: list(v) for k, v in (only.to_dict() if hasattr(only, "to_dict") else dict(only)).items()}
         for steps in s["steps"]:
             eta = float(s.get("eta", 1.0))
             key = f"{s['sampler']}-{steps}" if s["sampler"] != "ddim" else f"ddim-eta{eta:g}-{steps}"
-            out.append({"key": key, "sampler": s["sampler"], "eta": eta, "steps": int(steps)})
+            out.append({"key": key, "sampler": s["sampler"], "eta": eta, "steps": int(steps),
+                        "calls": network_calls(s["sampler"], int(steps)), "only": only})
     return out
+
+
+def applies(setting: dict, cell: dict) -> bool:
+    """Whether ``cell`` is scored at ``setting`` (its axis values match the setting's ``only``)."""
+    return all(cell["axes"].get(k, cell["overrides"].get(k)) in v for k, v in setting.get("only", {}).items())
+
+
+def common_settings(grid: Any) -> list[dict]:
+    """The settings every cell is scored at, by network evaluations (the paired comparisons use these)."""
+    return sorted((s for s in eval_settings(grid) if all(applies(s, c) for c in cells(grid))),
+                  key=lambda s: (s["calls"], s["key"]))
 
 
 def prepare_base(grid: Any, workdir: Path) -> dict:
@@ -115,7 +142,7 @@ def run_cell(grid: Any, cell: dict, workdir: Path, prepared: dict) -> dict:
     cdir = workdir / "cells" / cell["dir"]
     results_path = cdir / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    todo = [s for s in eval_settings(grid) if s["key"] not in results.get("evals", {})]
+    todo = [s for s in eval_settings(grid) if applies(s, cell) and s["key"] not in results.get("evals", {})]
     if not todo:
         log(f"{cell['name']}: done, skipped")
         return results
@@ -165,6 +192,7 @@ def collect(grid: Any, workdir: Path) -> list[dict]:
                 fs = files if khz == "all" else [f for f in files if f["cutoff_bucket_khz"] == khz]
                 row = {"cell": cell["name"], **{_short(k): v for k, v in cell["axes"].items()}, "seed": cell["seed"],
                        "setting": key, "sampler": ev["sampler"], "eta": ev["eta"], "steps": ev["steps"],
+                       "calls": ev.get("calls", network_calls(ev["sampler"], ev["steps"])),
                        "cutoff_khz": khz, "n": len(fs)}
                 for m in (*TABLE_METRICS, "input_lsd", "input_lsd_hf"):
                     vals = np.array([f[m] for f in fs if f.get(m) is not None], np.float64)
@@ -193,7 +221,7 @@ def write_report(grid: Any, workdir: Path, rows: list[dict]) -> Path:
                 w.writerows(rows)
 
         atomic_write(csv_path, write_csv)
-    settings = [s["key"] for s in eval_settings(grid)]
+    settings = [s["key"] for s in sorted(eval_settings(grid), key=lambda s: (s["calls"], s["key"]))]
     present = {_group_name(r, axis_names) for r in rows}
     groups = list(dict.fromkeys(g for g in (_cell_group(c, axis_names) for c in cells(grid)) if g in present))
     lines = [f"# Ablation: {grid.name}", "", grid.get("description", ""), "",
@@ -206,8 +234,9 @@ def write_report(grid: Any, workdir: Path, rows: list[dict]) -> Path:
     lines += _pivot(rows, groups, settings, axis_names, "lsd_hf", cutoff="all")
     lines += ["", "## SI-SDR (dB)", ""]
     lines += _pivot(rows, groups, settings, axis_names, "si_sdr", cutoff="all", digits=2)
-    if settings:
-        last = max(eval_settings(grid), key=lambda s: s["steps"])["key"]
+    common = [s["key"] for s in common_settings(grid)]
+    if common:
+        last = common[-1]
         lines += ["", f"## LSD per cutoff ({last}); baseline = the low-passed input", ""]
         cutoffs = sorted({r["cutoff_khz"] for r in rows if r["cutoff_khz"] != "all"})
         lines.append("| cell | " + " | ".join(f"{c:g} kHz" for c in cutoffs) + " |")
@@ -222,12 +251,12 @@ def write_report(grid: Any, workdir: Path, rows: list[dict]) -> Path:
                      and r["setting"] == last]
                 cellv.append(_fmt(v))
             lines.append(f"| {g} | " + " | ".join(cellv) + " |")
-    if settings:
-        lines += ["", f"## Paired differences against the first cell ({last})", "",
+    for key in common:
+        lines += ["", f"## Paired differences against the first cell ({key})", "",
                   "Same clips, cutoffs and sampler noise in every cell, so each file gives a paired difference "
                   "(cell − first cell; negative LSD is better). Mean ± standard error over files, and how many "
                   "files the cell improves.", ""]
-        lines += _paired_table(grid, workdir, last)
+        lines += _paired_table(grid, workdir, key)
     lines += ["", "Files: `results.csv` (every cell × setting × cutoff, per seed), `lsd_vs_steps.png`.", ""]
     md = workdir / "report.md"
     atomic_write(md, lambda tmp: Path(tmp).write_text("\n".join(lines)))
@@ -284,7 +313,7 @@ def _pivot(rows, groups, settings, axis_names, metric, cutoff, digits=3) -> list
 
 
 def _plot(rows, groups, axis_names, path: Path) -> None:
-    """LSD and LSD-HF (all cutoffs pooled) against sampler steps: one colour per cell, one line style per
+    """LSD and LSD-HF (all cutoffs pooled) against network evaluations: one colour per cell, one line style per
     sampler; error bars are the spread over training seeds. The baseline is in the titles, not on the axes
     (it is far above every cell and would flatten their differences)."""
     import matplotlib
@@ -302,17 +331,17 @@ def _plot(rows, groups, axis_names, path: Path) -> None:
         for ci, g in enumerate(groups):
             for si, (sampler, eta) in enumerate(samplers):
                 rs = [r for r in pooled if _group_name(r, axis_names) == g and (r["sampler"], r["eta"]) == (sampler, eta)]
-                steps = sorted({r["steps"] for r in rs})
+                steps = sorted({r["calls"] for r in rs})
                 if not steps:
                     continue
-                vals = [[r[metric] for r in rs if r["steps"] == s] for s in steps]
+                vals = [[r[metric] for r in rs if r["calls"] == s] for s in steps]
                 label = f"{g} · {sampler}" + (f" η={eta:g}" if sampler == "ddim" else "")
                 ax.errorbar(steps, [np.mean(v) for v in vals], yerr=[np.std(v) for v in vals], color=f"C{ci}",
                             ls=styles[si % len(styles)], marker="o", capsize=3, label=label)
         base = [r[f"input_{metric}"] for r in pooled if r.get(f"input_{metric}") is not None]
         ax.set_title(f"{title}, all cutoffs (low-passed input: {np.mean(base):.2f})" if base else title)
         ax.set_xscale("log")
-        ax.set_xlabel("sampler steps")
+        ax.set_xlabel("network evaluations (UNet calls; a guidance pair counts once)")
         ax.set_ylabel(f"{title} (lower is better)")
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
@@ -345,4 +374,5 @@ def run(grid: Any, workdir: Path, only_cell: str | None = None, report_only: boo
     return md
 
 
-__all__ = ["cells", "eval_settings", "prepare_base", "run_cell", "collect", "write_report", "run"]
+__all__ = ["cells", "eval_settings", "applies", "common_settings", "network_calls", "prepare_base", "run_cell",
+           "collect", "write_report", "run"]

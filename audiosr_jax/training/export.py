@@ -10,7 +10,8 @@ read) or a converted AudioSR directory (``python -m audiosr_jax.convert``: has `
 * ``--ldm``: the "unet" group of an LDM-stage workdir, its EMA by default (``--no-ema``: the raw weights),
   the latent scale factor it was trained with (``ldm.scale_factor`` of its saved config, or that of its
   ``ldm.vae_from`` when the run took the scale from there), and its diffusion settings (``ldm.schedule``,
-  ``schedule_kwargs``, ``num_timesteps``, ``parameterization``; a converted directory's own);
+  ``schedule_kwargs``, ``num_timesteps``, ``parameterization``, and the objective: ``ldm.objective`` with its
+  ``flow_*`` / ``bridge_noise`` settings, every `DiffusionConfig` field; a converted directory's own);
 * ``--vocoder``: the "generator" group of a vocoder-stage workdir (the exact HiFiGAN tree).
 
 The architectures come from each source's saved config (``model.<family>``) or ``architecture.json`` and
@@ -221,8 +222,8 @@ def _scale_factor(ldm: _Source) -> float:
 
 
 def _diffusion(ldm: _Source) -> DiffusionConfig:
-    """The schedule and parameterisation the UNet was trained with: the LDM run's ``ldm`` settings (keys it
-    lacks: the released model's), or a converted directory's ``diffusion`` entry."""
+    """The schedule, parameterisation and objective the UNet was trained with: the LDM run's ``ldm`` settings
+    (keys it lacks: the released model's; an older run without ``objective`` is "diffusion"), or a converted directory's ``diffusion`` entry."""
     try:
         if ldm.is_converted:
             return DiffusionConfig.from_dict(ldm.architecture.get("diffusion"))

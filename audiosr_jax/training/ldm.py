@@ -10,6 +10,11 @@ zero terminal SNR; with ``ldm.mask_above_bandwidth`` and a batch ``bandwidth_hz`
 frequency rows below each clip's own bandwidth count: :func:`masked_diffusion_loss`). The UNet input is
 ``concat([x_t, cond · scale_factor], channels)``.
 
+``ldm.objective`` = "flow" / "bridge" (:mod:`audiosr_jax.diffusion.flow`): t ∈ [0, 1] from the flow time law,
+x_t = (1 − t)·z + t·x₁ with x₁ = ε (flow) or cond · scale_factor + σ_b·ε (bridge, from the *real* condition
+even where the dropout blanked the UNet's copy: sampling always starts from it), the UNet sees t·T and the
+loss is the MSE on u = x₁ − z under the same band mask. "diffusion" is the above, unchanged.
+
 Shapes: batch "audio" [B, N] float32 48 kHz, N a multiple of 480 · 8 · 2^(UNet levels − 1) samples
 (30,720 = 0.64 s for the released architecture); latents [B, N/3840, 32, C].
 """
@@ -26,7 +31,8 @@ import numpy as np
 
 from audiosr_jax import audio
 from audiosr_jax.degrade import degrade_on_device, log_mels_with_condition
-from audiosr_jax.diffusion import objectives
+from audiosr_jax.diffusion import flow, objectives
+from audiosr_jax.diffusion.config import DiffusionConfig
 from audiosr_jax.diffusion.schedules import make_alphas_cumprod
 from audiosr_jax.errors import CheckpointError, UserError
 from audiosr_jax.inference.pipeline import UNCONDITIONAL_LATENT
@@ -160,6 +166,11 @@ class LDMStage(Stage):
         kwargs = c.get("schedule_kwargs") or {}
         kwargs = kwargs.to_dict() if hasattr(kwargs, "to_dict") else dict(kwargs)
         self.alphas_cumprod = np.asarray(make_alphas_cumprod(c.schedule, int(c.num_timesteps), **kwargs), np.float32)
+        self.diffusion = DiffusionConfig.from_ldm_config(c)  # validates the objective and its settings
+        self.objective = self.diffusion.objective
+        if self.objective != "diffusion" and self.weighting != "uniform":
+            raise ValueError(f"ldm.weighting={self.weighting!r} is a diffusion (SNR) weighting; the {self.objective} "
+                             "objective takes 'uniform' (its time law is ldm.flow_time_sampling)")
         self.grad_accum = int(config.train.get("grad_accum", 1))
         self.ema_decay = float(c.ema_decay)
         self.mask_above_bandwidth = bool(c.get("mask_above_bandwidth", True))
@@ -194,7 +205,10 @@ class LDMStage(Stage):
         b = z.shape[0]
         drop_shape = (1,) if self.cfg_drop_per == "batch" else (b,)
         drop = jax.random.uniform(k_drop, drop_shape) < self.cfg_drop_prob
+        cond_real = cond * frozen["scale_factor"]
         cond = jnp.where(drop.reshape(-1, 1, 1, 1), UNCONDITIONAL_LATENT, cond) * frozen["scale_factor"]
+        if self.objective != "diffusion":
+            return self._flow_loss(params, batch, z, cond, cond_real, k_t, k_eps, drop)
         t = jax.random.randint(k_t, (b,), 0, self.alphas_cumprod.shape[0])
         eps = jax.random.normal(k_eps, z.shape)
         a = jnp.asarray(self.alphas_cumprod)[t]
@@ -207,6 +221,23 @@ class LDMStage(Stage):
         else:
             loss = objectives.diffusion_loss(pred, z, eps, a, self.parameterization, self.weighting,
                                              self.min_snr_gamma)
+        return loss, {"loss": loss, "latent_std": jnp.std(z), "cfg_dropped": jnp.mean(drop.astype(jnp.float32))}
+
+    def _flow_loss(self, params, batch, z, cond, cond_real, k_t, k_eps, drop):
+        """The flow/bridge objective: z, cond (as the UNet sees it), cond_real (undropped): [B, T/8, 32, C]."""
+        d = self.diffusion
+        t = flow.sample_time(k_t, z.shape[0], d.flow_time_sampling, d.flow_logit_mean, d.flow_logit_std,
+                             d.flow_time_shift)
+        eps = jax.random.normal(k_eps, z.shape)
+        x1 = eps if self.objective == "flow" else flow.bridge_start(cond_real, eps, d.bridge_noise)
+        x_t = flow.interpolate(z, x1, t)
+        # t·T: the UNet's sinusoidal embedding keeps the frequency range of its (released) integer-step training
+        pred = self.unet.apply({"params": params["unet"]}, jnp.concatenate([x_t, cond], axis=-1),
+                               flow.network_time(t, d.num_timesteps))
+        mask = None
+        if self.mask_above_bandwidth and "bandwidth_hz" in batch:
+            mask = latent_band_mask(batch["bandwidth_hz"], z.shape[2])
+        loss = flow.flow_loss(pred, z, x1, mask)
         return loss, {"loss": loss, "latent_std": jnp.std(z), "cfg_dropped": jnp.mean(drop.astype(jnp.float32))}
 
     def train_step(self, state: st.TrainState, frozen: dict, batch: dict, txs: dict):

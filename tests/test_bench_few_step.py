@@ -1,0 +1,37 @@
+"""benchmarks/bench_few_step.py without timing anything: every setting is one the pipeline accepts for its
+objective, and the table's ratios and shares are computed from the figures it is given."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+import bench_few_step as bf  # noqa: E402
+
+
+def test_every_setting_is_accepted_for_its_objective():
+    from audiosr_jax.diffusion import sampling
+    from audiosr_jax.diffusion.config import DiffusionConfig
+
+    for _, objective, sampler, steps in bf.SETTINGS:
+        sampling.check_options(DiffusionConfig(objective=objective), sampler, steps)  # raises if refused
+
+
+def test_table_ratios_and_shares():
+    ours = {"stages": {"frontend": 0.1, "vae_encode": 2.0, "unet_cfg_pair": 1.0, "vae_decode": 3.0,
+                       "vocoder": 5.0, "postprocess": 0.1},
+            "settings": [{"setting": "flow Euler 1", "calls": 1, "window_s": 12.0, "compile_and_run_s": 60.0},
+                         {"setting": "flow Euler 4", "calls": 4, "window_s": 20.0, "compile_and_run_s": 70.0}]}
+    text = bf.table(ours, {"generate_batch_s": 100.0, "generate_batch_steps": 50})
+    rows = {line[:32].strip(): line[32:].split() for line in text.splitlines()[1:4]}
+    assert rows["reference DDIM 50 (PyTorch)"][:3] == ["50", "100.00", "1.00"]
+    assert rows["flow Euler 1"] == ["1", "12.00", "8.33", "83%"]  # 100/12; (2+3+5)/12
+    assert rows["flow Euler 4"] == ["4", "20.00", "5.00", "50%"]
+    assert "–" in bf.table(ours, None).splitlines()[1]
+    with pytest.raises(KeyError):
+        bf.table({"stages": {}, "settings": []}, None)
