@@ -132,3 +132,30 @@ def test_pytorch_file_is_converted_once_into_the_cache(tmp_path, tiny_torch_chec
     assert resolve_checkpoint(tiny_torch_checkpoint) == first
     assert os.stat(os.path.join(first, "architecture.json")).st_mtime_ns == stamp
     assert os.path.dirname(first) == str(tmp_path / "cache" / "converted")
+
+
+def test_a_checkpoints_own_sampling_is_the_default_and_flags_override_it(tiny_checkpoint_dir, tmp_path):
+    """A checkpoint whose architecture.json says how to sample it (a distilled student: few steps, no guidance)
+    is sampled that way unless the call says otherwise; without one, the release's settings apply."""
+    import shutil
+
+    from audiosr_jax.errors import CheckpointError
+    from audiosr_jax.inference.checkpoint import load_weights
+    from audiosr_jax.inference.pipeline import SamplingOptions
+
+    student = tmp_path / "student"
+    shutil.copytree(tiny_checkpoint_dir, student)
+    arch = json.loads((student / "architecture.json").read_text())
+    arch["sampling"] = {"steps": 3, "sampler": "heun", "guidance": 1.0, "eta": 0.0}
+    (student / "architecture.json").write_text(json.dumps(arch))
+    sr_student = AudioSR.from_pretrained(str(student), devices=1)
+    assert sr_student.options() == SamplingOptions(3, 1.0, 0.0, "heun", "float32")
+    assert sr_student.options(steps=5, guidance=2.0) == SamplingOptions(5, 2.0, 0.0, "heun", "float32")
+    assert AudioSR.from_pretrained(tiny_checkpoint_dir, devices=1).options() == SamplingOptions(50, 3.5, 1.0, "ddim")
+    assert load_weights(str(student), lazy=True).architecture()["sampling"] == arch["sampling"]  # written back
+    assert "sampling" not in load_weights(tiny_checkpoint_dir, lazy=True).architecture()
+    assert parse_args(["x.wav", "-o", "y.wav"]).steps is None  # the CLI leaves the choice to the checkpoint
+    arch["sampling"] = {"steps": 3, "solver": "heun"}
+    (student / "architecture.json").write_text(json.dumps(arch))
+    with pytest.raises(CheckpointError, match="unknown sampling settings"):
+        load_weights(str(student), lazy=True)

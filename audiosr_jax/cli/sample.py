@@ -39,12 +39,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--checkpoint", help="converted checkpoint directory, or a PyTorch .bin/.pth (converted once)")
     model.add_argument("--model", "--model_name", dest="model", choices=["basic", "speech"],
                        help="the released weights, fetched from the hub and converted once (default: basic)")
-    p.add_argument("--steps", "--ddim_steps", dest="steps", type=int, default=50,
-                   help="sampler steps (default 50, as the official CLI)")
-    p.add_argument("--guidance", "-gs", "--guidance_scale", dest="guidance", type=float, default=3.5,
-                   help="classifier-free guidance scale (default 3.5)")
-    p.add_argument("--eta", type=float, default=1.0, help="DDIM eta; 1.0 = stochastic, as the reference")
-    p.add_argument("--sampler", default="ddim", choices=list(ALL_SAMPLERS),
+    # None: the checkpoint's own setting (a distilled student's step count), else the official CLI's
+    p.add_argument("--steps", "--ddim_steps", dest="steps", type=int, default=None,
+                   help="sampler steps (default: the checkpoint's own, else 50 as the official CLI)")
+    p.add_argument("--guidance", "-gs", "--guidance_scale", dest="guidance", type=float, default=None,
+                   help="classifier-free guidance scale (default: the checkpoint's own, else 3.5)")
+    p.add_argument("--eta", type=float, default=None,
+                   help="DDIM eta; 1.0 = stochastic, as the reference (default: the checkpoint's own, else 1.0)")
+    p.add_argument("--sampler", default=None, choices=list(ALL_SAMPLERS),
                    help="ddim (default, the reference's); dpmpp_2m (best ≤ 15 steps), unipc (≥ 20 steps), "
                         "euler (= DDIM eta 0) or heun (2nd order, 2·steps−1 network calls); a flow/bridge-"
                         "objective checkpoint takes euler, heun or midpoint (2nd order, 2·steps calls)")
@@ -78,13 +80,13 @@ def _check_flags(args) -> None:
 
     from audiosr_jax.errors import UserError
 
-    if not 1 <= args.steps <= 1000:
+    if args.steps is not None and not 1 <= args.steps <= 1000:
         raise UserError(f"--steps must be in [1, 1000], got {args.steps}")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be ≥ 1, got {args.batch_size}")
-    if not math.isfinite(args.guidance):
+    if args.guidance is not None and not math.isfinite(args.guidance):
         raise UserError(f"--guidance must be a finite number, got {args.guidance}")
-    if not (math.isfinite(args.eta) and 0.0 <= args.eta <= 1.0):
+    if args.eta is not None and not (math.isfinite(args.eta) and 0.0 <= args.eta <= 1.0):
         raise UserError(f"--eta must be in [0, 1] (0 deterministic, 1 the reference's stochastic DDIM), got {args.eta}")
     if not 0 <= args.seed < 2**32:
         raise UserError(f"--seed must be in [0, 2**32 - 1], got {args.seed}")

@@ -22,7 +22,10 @@ import numpy as np
 
 from audiosr_jax.errors import UserError
 
-__all__ = ["AudioSR"]
+__all__ = ["AudioSR", "RELEASE_SAMPLING"]
+
+# the official tool's sampling, used where neither the call nor the checkpoint says otherwise
+RELEASE_SAMPLING = {"steps": 50, "guidance": 3.5, "eta": 1.0, "sampler": "ddim"}
 
 
 class AudioSR:
@@ -57,12 +60,17 @@ class AudioSR:
         memory.release_free_memory()  # the restore's transient buffers
         return cls(weights, mesh)
 
-    def options(self, steps: int = 50, guidance: float = 3.5, eta: float = 1.0, sampler: str = "ddim",
-                dtype: str = "float32"):
-        """`pipeline.SamplingOptions`, checked against this model's schedule (one-line UserError)."""
+    def options(self, steps: int | None = None, guidance: float | None = None, eta: float | None = None,
+                sampler: str | None = None, dtype: str = "float32"):
+        """`pipeline.SamplingOptions`, checked against this model's schedule (one-line UserError). What is None
+        comes from the checkpoint's own "sampling" settings (a distilled student's step count and sampler),
+        else the release's: 50 steps, guidance 3.5, eta 1.0, DDIM."""
         from audiosr_jax.diffusion import sampling
         from audiosr_jax.inference.pipeline import SamplingOptions
 
+        given = {"steps": steps, "guidance": guidance, "eta": eta, "sampler": sampler}
+        chosen = {**RELEASE_SAMPLING, **self.weights.sampling, **{k: v for k, v in given.items() if v is not None}}
+        steps, guidance, eta, sampler = (chosen[k] for k in ("steps", "guidance", "eta", "sampler"))
         d = self.weights.diffusion
         if not 1 <= steps <= d.num_timesteps:
             raise UserError(f"steps={steps}: this model was trained with {d.num_timesteps} timesteps")
@@ -85,7 +93,8 @@ class AudioSR:
                  max_channels: int = 2, match_loudness: bool = False, **sampling) -> np.ndarray:
         """Super-resolve one signal. audio: float or PCM-integer numpy [N] (mono) or [C, N], any length, at
         `sample_rate` Hz. Returns float32 at 48 kHz, [N'] or [C, N'] like the input, N' = round(N·48000/rate).
-        sampling: steps (50), guidance (3.5), eta (1.0), sampler ("ddim"), dtype ("float32"), lowpass
+        sampling: steps, guidance, eta, sampler (default: the checkpoint's own, else 50, 3.5, 1.0, "ddim"),
+        dtype ("float32"), lowpass
         ("official": the condition's filter family as the official tool draws it for `seed`; or "butter",
         "cheby1", "ellip", "bessel").
         Raises AudioError (one line) for unusable audio."""

@@ -8,6 +8,8 @@ Layout of DIR:
                                         "flow_time_shift", "bridge_noise"]}}
                       ("diffusion": the UNet's training schedule/parameterisation and objective; absent = the
                       release's; the objective keys are written for flow/bridge models, absent = "diffusion")
+                      [, "sampling": {"sampler", "steps", "guidance", "eta"} (any of them): how this model is
+                      meant to be sampled, e.g. a distilled student's step count; absent = the release's defaults]
   params/             orbax StandardCheckpointer tree {"vae", "unet", "vocoder"[, "cond_vae"]}
 
 `sample.py --checkpoint DIR` needs nothing else. Saving writes to a sibling temporary directory and renames
@@ -67,6 +69,7 @@ class AudioSRWeights:
     source: str = ""
     diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)
     directory: str = ""  # the checkpoint it was loaded from (lazy weights read their parts from here)
+    sampling: dict = dataclasses.field(default_factory=dict)  # `sampling_defaults`: what sample.py uses unless told
     has_cond_vae: bool = False  # for lazy weights; resident ones answer from params
 
     @property
@@ -78,7 +81,7 @@ class AudioSRWeights:
         return {"format": FORMAT, "vae": self.vae.to_dict(), "unet": self.unet.to_dict(),
                 "vocoder": self.vocoder.to_dict(), "scale_factor": float(self.scale_factor),
                 "has_cond_vae": "cond_vae" in self.params or self.has_cond_vae, "source": self.source,
-                "diffusion": self.diffusion.to_dict()}
+                "diffusion": self.diffusion.to_dict(), **({"sampling": dict(self.sampling)} if self.sampling else {})}
 
     def part(self, name: str, sharding: jax.sharding.Sharding | None = None) -> dict:
         """The params of one pipeline stage (`PARTS`): "cond_encoder" and "decoder" (VAE param trees holding
@@ -189,6 +192,26 @@ def save_weights(weights: AudioSRWeights, directory: str | os.PathLike, overwrit
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+# a checkpoint's own sampling settings, and their types; what it leaves out is the release's default
+SAMPLING_KEYS = {"sampler": str, "steps": int, "guidance": float, "eta": float}
+
+
+def sampling_defaults(d: Any) -> dict:
+    """A checkpoint's "sampling" entry, checked: {"sampler": str, "steps": int >= 1, "guidance": float,
+    "eta": float in [0, 1]} (any subset; None -> {}). ValueError for unknown keys or bad values."""
+    if d is None:
+        return {}
+    if not isinstance(d, dict):
+        raise ValueError(f"sampling must be a mapping, got {type(d).__name__}")
+    unknown = sorted(set(d) - set(SAMPLING_KEYS))
+    if unknown:
+        raise ValueError(f"unknown sampling settings {unknown}; known: {sorted(SAMPLING_KEYS)}")
+    out = {k: SAMPLING_KEYS[k](v) for k, v in d.items()}
+    if out.get("steps", 1) < 1 or not 0.0 <= out.get("eta", 0.0) <= 1.0:
+        raise ValueError(f"sampling settings out of range: {out}")
+    return out
+
+
 def load_weights(directory: str | os.PathLike, sharding: jax.sharding.Sharding | None = None,
                  lazy: bool = False) -> AudioSRWeights:
     """Read a checkpoint directory written by `save_weights` (or `python -m audiosr_jax.convert`).
@@ -218,11 +241,12 @@ def load_weights(directory: str | os.PathLike, sharding: jax.sharding.Sharding |
         vae, unet, voc = (VAEConfig.from_dict(arch["vae"]), UNetConfig.from_dict(arch["unet"]),
                           VocoderConfig.from_dict(arch["vocoder"]))
         diffusion = DiffusionConfig.from_dict(arch.get("diffusion"))
+        sampling = sampling_defaults(arch.get("sampling"))
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{arch_path}: invalid architecture: {e}") from None
     target = abstract_tree(vae, unet, voc, bool(arch.get("has_cond_vae")))
     weights = AudioSRWeights(vae, unet, voc, {}, float(arch["scale_factor"]), arch.get("source", ""), diffusion,
-                             directory=directory, has_cond_vae=bool(arch.get("has_cond_vae")))
+                             directory=directory, has_cond_vae=bool(arch.get("has_cond_vae")), sampling=sampling)
     if lazy:
         try:
             ocp.PyTreeCheckpointHandler().metadata(epath.Path(ocp_path(directory)))
