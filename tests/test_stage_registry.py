@@ -113,7 +113,7 @@ def test_a_stage_is_chosen_by_name_and_found_by_family(gain_registered):
     assert stages.stage_class("gain") is GainStage
     assert stages.trained_by("gain_net") == ("gain", "gain")
     assert stages.trained_by("unet") == ("ldm", "unet") and stages.trained_by("vocoder") == ("vocoder", "generator")
-    with pytest.raises(UserError, match="unknown stage 'nope'; choose one of vae, vocoder, ldm, gain"):
+    with pytest.raises(UserError, match="unknown stage 'nope'; choose one of vae, vocoder, ldm, distill, gain"):
         stages.stage_class("nope")
 
 

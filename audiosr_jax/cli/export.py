@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Assemble trained VAE, LDM and vocoder weights (training workdirs or converted AudioSR "
                     "directories) into one inference checkpoint directory for sample.py --checkpoint.")
     parser.add_argument("--vae", required=True, help="VAE-stage workdir or converted directory")
-    parser.add_argument("--ldm", required=True, help="LDM-stage workdir or converted directory (UNet + scale)")
+    parser.add_argument("--ldm", required=True,
+                        help="LDM- or distill-stage workdir, or converted directory (UNet + scale)")
     parser.add_argument("--vocoder", required=True, help="vocoder-stage workdir or converted directory")
     parser.add_argument("--out", required=True, help="inference checkpoint directory to create")
     parser.add_argument("--no-ema", action="store_true", help="export the UNet's raw weights, not its EMA")
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
           + ", ".join(f"{k} {n:,} params" for k, n in counts.items()))
     d = w.diffusion
     print(f"diffusion: {d.schedule} {d.kwargs or ''} T={d.num_timesteps}, {d.parameterization}-prediction")
+    if w.sampling:
+        print("sampling: " + ", ".join(f"{k}={v}" for k, v in sorted(w.sampling.items())))
     print(f"source: {w.source}")
     return 0
 

@@ -48,7 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="DDIM eta; 1.0 = stochastic, as the reference (default: the checkpoint's own, else 1.0)")
     p.add_argument("--sampler", default=None, choices=list(ALL_SAMPLERS),
                    help="ddim (default, the reference's); dpmpp_2m (best ≤ 15 steps), unipc (≥ 20 steps), "
-                        "euler (= DDIM eta 0) or heun (2nd order, 2·steps−1 network calls); a flow/bridge-"
+                        "euler (= DDIM eta 0) or heun (2nd order, 2·steps−1 network calls), ddim_progressive "
+                        "(a distilled student's grid; its checkpoint sets it); a flow/bridge-"
                         "objective checkpoint takes euler, heun or midpoint (2nd order, 2·steps calls)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="network compute dtype")
     p.add_argument("--lowpass", default="official", choices=["official", "butter", "cheby1", "ellip", "bessel"],

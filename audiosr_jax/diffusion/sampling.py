@@ -30,6 +30,7 @@ from audiosr_jax.diffusion import parameterization as pz
 from audiosr_jax.diffusion.config import DiffusionConfig
 from audiosr_jax.diffusion.dpm_solver import DPMPP_2M, UNIPC
 from audiosr_jax.diffusion.ode import EULER, HEUN
+from audiosr_jax.diffusion.progressive import DDIM_PROGRESSIVE
 from audiosr_jax.diffusion.sampler_spec import SamplerSpec
 from audiosr_jax.diffusion.samplers import DDIM
 
@@ -39,8 +40,9 @@ __all__ = ["REGISTRY", "SAMPLERS", "ALL_SAMPLERS", "FLOW_ONLY_SAMPLERS", "check_
 Denoiser = Callable[[jax.Array, jax.Array], jax.Array]
 
 # The one list of samplers: the CLI, the configs and the engine read it. ddim: the reference's (stochastic
-# with η); the others deterministic on the log-SNR grid of dpm_solver.
-REGISTRY: dict[str, SamplerSpec] = {s.name: s for s in (DDIM, DPMPP_2M, UNIPC, EULER, HEUN)}
+# with η); dpmpp_2m, unipc, euler, heun deterministic on the log-SNR grid of dpm_solver; ddim_progressive:
+# DDIM η = 0 on progressive distillation's nested grid (what a distilled student was trained on).
+REGISTRY: dict[str, SamplerSpec] = {s.name: s for s in (DDIM, DPMPP_2M, UNIPC, EULER, HEUN, DDIM_PROGRESSIVE)}
 SAMPLERS = tuple(REGISTRY)
 # samplers of flow/bridge-objective models only (`flow_samplers`); the CLI offers ALL_SAMPLERS
 FLOW_ONLY_SAMPLERS = tuple(m for m in flow_samplers.METHODS if m not in REGISTRY)

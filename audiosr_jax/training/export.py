@@ -38,9 +38,10 @@ from audiosr_jax.inference.checkpoint import (
     AudioSRWeights,
     abstract_params,
     check_output_dir,
+    sampling_defaults,
     save_weights,
 )
-from audiosr_jax.training.stages import trained_by
+from audiosr_jax.training.stages import stage_class, stages_training
 
 __all__ = ["export_weights"]
 
@@ -61,6 +62,8 @@ class _Source:
     train_config: dict | None = None  # the saved training config (workdirs)
     architecture: dict | None = None  # architecture.json (converted directories)
     step: int | None = None
+    stage: str | None = None  # the workdir's stage, and the parameter group holding the family there
+    group: str | None = None
     params: dict | None = None
     converted: Any = None  # AudioSRWeights of a converted directory, once loaded
 
@@ -98,8 +101,8 @@ def _first_line(e: BaseException) -> str:
 
 def _open_source(path: str, family: str) -> _Source:
     """The architecture (and saved config) of ``path``'s ``family`` network, without its weights; one-line
-    CheckpointError for a missing path, a workdir without checkpoints, or a workdir of another stage."""
-    stage, _ = trained_by(family)
+    CheckpointError for a missing path, a workdir without checkpoints, or a workdir of a stage that does not
+    train ``family``."""
     flag = _FLAGS[family]
     root = paths.resolve(path)
     if not root.exists():
@@ -134,17 +137,18 @@ def _open_source(path: str, family: str) -> _Source:
         raise CheckpointError(f"{path}: cannot read its latest checkpoint's config (corrupt?): {_first_line(e)}") from None
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{path}: its latest checkpoint has no training config")
-    saved_stage = cfg.get("stage")
-    if saved_stage != stage:
-        raise CheckpointError(f"{path}: is a workdir of stage {saved_stage}; {flag} needs one of stage {stage}")
+    saved_stage, training = cfg.get("stage"), stages_training(family)
+    if saved_stage not in training:
+        raise CheckpointError(f"{path}: is a workdir of stage {saved_stage}; {flag} needs one of a stage that "
+                              f"trains the {family} network ({', '.join(training)})")
     arch = _parse_architecture(path, family, (cfg.get("model") or {}).get(family))
-    return _Source(path, family, arch, train_config=cfg, step=int(step))
+    return _Source(path, family, arch, train_config=cfg, step=int(step), stage=saved_stage,
+                   group=training[saved_stage])
 
 
 def _load_params(src: _Source, use_ema: bool, converted_cache: dict) -> None:
     """Fill ``src.params`` (host numpy): the converted directory's family, or the workdir's group from its
     latest checkpoint (EMA if ``use_ema`` and the run kept one)."""
-    _, group = trained_by(src.family)
     flag = _FLAGS[src.family]
     if src.is_converted:
         from audiosr_jax.inference.checkpoint import load_weights
@@ -158,7 +162,7 @@ def _load_params(src: _Source, use_ema: bool, converted_cache: dict) -> None:
     from audiosr_jax.training.weights import read_trained_params
 
     try:
-        src.params, _ = read_trained_params(src.path, group, prefer_ema=use_ema)
+        src.params, _ = read_trained_params(src.path, src.group, prefer_ema=use_ema)
     except CheckpointError as e:
         raise CheckpointError(f"{e} (given as {flag})") from None
     except Exception as e:  # orbax raises many types for corrupt/partial files
@@ -232,6 +236,17 @@ def _diffusion(ldm: _Source) -> DiffusionConfig:
         raise CheckpointError(f"{ldm.path}: invalid diffusion settings in its config: {_first_line(e)}") from None
 
 
+def _sampling(ldm: _Source) -> dict:
+    """How the exported UNet is to be sampled: a converted directory's own "sampling", or what the workdir's
+    stage says for its checkpoint (a distilled student: its step count and sampler); {} = the release's."""
+    try:
+        if ldm.is_converted:
+            return sampling_defaults(ldm.architecture.get("sampling"))
+        return sampling_defaults(stage_class(ldm.stage).exported_sampling(ldm.train_config, int(ldm.step)))
+    except ValueError as e:
+        raise CheckpointError(f"{ldm.path}: invalid sampling settings: {e}") from None
+
+
 def _same_path(a: str, b: str) -> bool:
     return _canonical(a) == _canonical(b)
 
@@ -285,7 +300,8 @@ def export_weights(vae: str, ldm: str, vocoder: str, out: str, *, use_ema: bool 
     """Assemble (VAE, UNet, vocoder) from training workdirs / converted directories and write them to ``out``
     (an inference checkpoint directory, written atomically by ``checkpoint.save_weights``).
 
-    vae / ldm / vocoder: a VAE-, LDM-, vocoder-stage workdir or a converted AudioSR directory.
+    vae / ldm / vocoder: a VAE-, LDM- (or distill-), vocoder-stage workdir or a converted AudioSR directory;
+    a distilled student carries its step count and sampler into architecture.json ("sampling").
     use_ema: take the UNet's EMA weights (when the LDM run kept them). Returns the weights written.
     Raises CheckpointError (one line) for a missing or unreadable source, a workdir of the wrong stage,
     architectures that do not fit together, a missing scale factor, or an existing ``out`` without
@@ -337,6 +353,7 @@ def export_weights(vae: str, ldm: str, vocoder: str, out: str, *, use_ema: bool 
         ema_note = " EMA" if use_ema else " raw (no EMA)"
     source = (f"audiosr_jax.training.export: vae={v.describe()}, unet={u.describe()}{ema_note}, "
               f"vocoder={g.describe()}")
-    weights = AudioSRWeights(v.config, u.config, g.config, params, scale, source, diffusion)
+    weights = AudioSRWeights(v.config, u.config, g.config, params, scale, source, diffusion,
+                             sampling=_sampling(u))
     save_weights(weights, out_abs, overwrite=overwrite)
     return weights

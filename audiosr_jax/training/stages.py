@@ -21,6 +21,7 @@ REGISTRY = {
     "vae": "audiosr_jax.training.vae:VAEStage",
     "vocoder": "audiosr_jax.training.vocoder:VocoderStage",
     "ldm": "audiosr_jax.training.ldm:LDMStage",
+    "distill": "audiosr_jax.training.distill:DistillStage",
 }
 
 
@@ -64,6 +65,12 @@ class Stage(Protocol):
         """{"mel/NAME": [F, M] image, "audio/NAME": [N] 48 kHz} for TensorBoard (may be empty)."""
         return {}
 
+    @classmethod
+    def exported_sampling(cls, saved_config: dict, step: int) -> dict:
+        """How export should tell inference to sample the network a checkpoint of ``step`` holds
+        (architecture.json "sampling": steps, sampler, guidance, eta); {} = the release's defaults."""
+        return {}
+
 
 def stage_class(name: str) -> type[Stage]:
     """The class registered as ``name``; UserError (one line) naming the choices for an unknown one."""
@@ -76,6 +83,11 @@ def stage_class(name: str) -> type[Stage]:
 def build_stage(config: Any) -> tuple[Stage, dict]:
     """(stage object, frozen params as host numpy) for ``config.stage``."""
     return stage_class(str(config.stage)).from_config(config)
+
+
+def stages_training(family: str) -> dict[str, str]:
+    """{stage name: parameter group} of every registered stage that trains network ``family``."""
+    return {name: stage_class(name).families[family] for name in REGISTRY if family in stage_class(name).families}
 
 
 def trained_by(family: str) -> tuple[str, str]:
