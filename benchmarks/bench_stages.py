@@ -14,6 +14,7 @@ decode, vocoder, post-processing) against the reference's `generate_batch`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any, Callable
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,58 +57,117 @@ def _timed(fn, repeats=2):
     return first, best
 
 
-def run_ours(width: str, steps: int) -> dict:
-    t_import = time.perf_counter()
+@dataclasses.dataclass
+class StageProgram:
+    """One inference stage of ours, ready to time: `fn(*args)` is a `jax.jit` function on fixed inputs.
+
+    `python` (optional): a zero-argument callable that runs the whole stage when it is more than `fn` (the
+    front-end: wav read and the numpy low-pass around the jitted log-mel); the stage is timed through it.
+    """
+
+    label: str
+    fn: Any
+    args: tuple
+    python: Callable[[], Any] | None = None
+
+    def run(self):
+        """Run the stage once; returns its (jax) output."""
+        return self.python() if self.python is not None else self.fn(*self.args)
+
+
+def build_stages(width: str, workdir: str) -> dict:
+    """Build our stages at `width` ("tiny", "reduced" or "full", synthetic weights) on the 3 s parity clip
+    written under `workdir` (which must outlive the returned programs).
+
+    Returns {"stages": {key: StageProgram}, "weights": AudioSRWeights, "wave": [C, N], "info": dict,
+    "latent": (h, w, c), "build_s": seconds to build the weights}. Keys, in pipeline order: frontend,
+    vae_encode, unet, unet_cfg_pair, vae_decode, vocoder, postprocess (the STFT low-band replacement and the
+    output normalisation, on noise of the vocoder output's shape).
+    """
     import jax
     import jax.numpy as jnp
     import numpy as np
     import soundfile as sf
 
     from audiosr_jax import audio
-    from audiosr_jax.inference import lowpass
     from audiosr_jax.convert.core import convert_state_dict
+    from audiosr_jax.inference import lowpass, postprocess
+    from audiosr_jax.inference.pipeline import latent_shape
+    from audiosr_jax.lab.synthetic import parity_clip
+    from audiosr_jax.lab.testing import synthetic_torch_checkpoint
     from audiosr_jax.models.unet import UNetModel
     from audiosr_jax.models.vae import AutoencoderKL
     from audiosr_jax.models.vocoder import HiFiGAN
-    from audiosr_jax.inference.pipeline import SamplingOptions, draw_noise, item_keys, latent_shape, num_sampler_steps, super_resolve_waveform
-    from audiosr_jax.lab.synthetic import parity_clip
-    from audiosr_jax.lab.testing import synthetic_torch_checkpoint
 
-    res: dict = {"import_s": time.perf_counter() - t_import, "jax_devices": str(jax.devices())}
     t0 = time.perf_counter()
     weights, _ = convert_state_dict(synthetic_torch_checkpoint(width), origin=f"synthetic-{width}")
-    res["build_s"] = time.perf_counter() - t0
+    build_s = time.perf_counter() - t0
+    clip = os.path.join(workdir, "clip.wav")
+    sf.write(clip, parity_clip(48000, 3.0), 48000, subtype="FLOAT")
+    wave, info = audio.prepare_waveform(clip)
+    lp = jnp.asarray(lowpass.prepare_lowpass(wave[0])[0])[None]
+    mel_fn = jax.jit(lambda x: audio.log_mel_spectrogram(x)[0])
 
-    with tempfile.TemporaryDirectory() as tmp:
-        clip = os.path.join(tmp, "clip.wav")
-        sf.write(clip, parity_clip(48000, 3.0), 48000, subtype="FLOAT")
+    def frontend():
+        w, _ = audio.prepare_waveform(clip)
+        return mel_fn(jnp.asarray(lowpass.prepare_lowpass(w[0])[0])[None])
 
-        def frontend():
-            wave, _ = audio.prepare_waveform(clip)
-            lp, _ = lowpass.prepare_lowpass(wave[0])
-            return audio.log_mel_spectrogram(jnp.asarray(lp)[None])[0]
-
-        res["frontend_first_s"], res["frontend_s"] = _timed(frontend)
-        wave, info = audio.prepare_waveform(clip)
-        mel = frontend()
+    mel = frontend()
     vae, unet, voc = AutoencoderKL(weights.vae), UNetModel(weights.unet), HiFiGAN(weights.vocoder)
     pv, pu, pw = ({"params": weights.params[k]} for k in ("vae", "unet", "vocoder"))
-    enc = jax.jit(lambda p, m: vae.apply(p, m, method=AutoencoderKL.encode))
-    dec = jax.jit(lambda p, z: vae.apply(p, z, method=AutoencoderKL.decode))
     h, w, c = latent_shape(mel.shape[1], weights)
-    z = jnp.zeros((1, h, w, c))
     x = jnp.asarray(np.random.default_rng(0).standard_normal((1, h, w, weights.unet.in_channels)), jnp.float32)
     un = jax.jit(unet.apply)
     vo = jax.jit(voc.apply)
-    res["vae_encode_first_s"], res["vae_encode_s"] = _timed(lambda: enc(pv, mel[..., None]))
-    res["vae_decode_first_s"], res["vae_decode_s"] = _timed(lambda: dec(pv, z))
-    res["unet_first_s"], res["unet_s"] = _timed(lambda: un(pu, x, jnp.full((1,), 501, jnp.int32)))
+    # post-processing's cost does not depend on the values: noise of the vocoder output's shape (running the
+    # vocoder here would compile it before its stage is timed)
+    out_shape = jax.eval_shape(vo, pw, mel).shape
+    waveform = jnp.asarray(0.1 * np.random.default_rng(1).standard_normal(out_shape), jnp.float32)
     x2 = jnp.concatenate([x, x])
-    res["unet_cfg_pair_first_s"], res["unet_cfg_pair_s"] = _timed(lambda: un(pu, x2, jnp.full((2,), 501, jnp.int32)))
-    res["vocoder_first_s"], res["vocoder_s"] = _timed(lambda: vo(pw, mel))
+    post = jax.jit(lambda out, low: postprocess.normalize_output(postprocess.replace_low_stft(out, low)))
+    stages = {
+        "frontend": StageProgram("front-end incl. low-pass", mel_fn, (lp,), frontend),
+        "vae_encode": StageProgram(f"VAE encode ({mel.shape[1]}×{mel.shape[2]} mel)",
+                                   jax.jit(lambda p, m: vae.apply(p, m, method=AutoencoderKL.encode)),
+                                   (pv, mel[..., None])),
+        "unet": StageProgram("one UNet call", un, (pu, x, jnp.full((1,), 501, jnp.int32))),
+        "unet_cfg_pair": StageProgram("UNet, CFG pair (one batched call)", un,
+                                      (pu, x2, jnp.full((2,), 501, jnp.int32))),
+        "vae_decode": StageProgram(f"VAE decode ({h}×{w} latent)",
+                                   jax.jit(lambda p, z: vae.apply(p, z, method=AutoencoderKL.decode)),
+                                   (pv, jnp.zeros((1, h, w, c)))),
+        "vocoder": StageProgram(f"vocoder ({mel.shape[1]} frames)", vo, (pw, mel)),
+        "postprocess": StageProgram("post-processing (STFT low band + normalise)", post,
+                                    (waveform, lp)),
+    }
+    return {"stages": stages, "weights": weights, "wave": wave, "info": info, "latent": (h, w, c),
+            "build_s": build_s}
 
+
+def run_ours(width: str, steps: int) -> dict:
+    """Time our stages (steady state after one compiling call) and the whole `super_resolve_waveform` with
+    `steps` DDIM steps. Returns {"<stage>_s", "<stage>_first_s", "sampling_s", "peak_rss_gb", ...}."""
+    t_import = time.perf_counter()
+    import jax
+
+    from audiosr_jax.inference.pipeline import (
+        SamplingOptions,
+        draw_noise,
+        item_keys,
+        num_sampler_steps,
+        super_resolve_waveform,
+    )
+
+    res: dict = {"import_s": time.perf_counter() - t_import, "jax_devices": str(jax.devices())}
+    with tempfile.TemporaryDirectory() as tmp:
+        built = build_stages(width, tmp)
+        res["build_s"] = built["build_s"]
+        for key, stage in built["stages"].items():
+            if key != "postprocess":
+                res[f"{key}_first_s"], res[f"{key}_s"] = _timed(stage.run)
+    weights, wave, info = built["weights"], built["wave"], built["info"]
     options = SamplingOptions(steps=steps, guidance=3.5, eta=1.0)
-    noise = draw_noise(item_keys(42, [0], [0]), (h, w, c), num_sampler_steps(options))
+    noise = draw_noise(item_keys(42, [0], [0]), built["latent"], num_sampler_steps(options))
     res["sampling_first_s"], res["sampling_s"] = _timed(
         lambda: super_resolve_waveform(weights, wave, info, options, noise=noise)[0], repeats=1)
     res["sampling_steps"] = steps
