@@ -18,7 +18,7 @@ training step consumes) per wall second.
     4. STFT-domain low-pass + mel (``data.lowpass = "device_stft"``: ``degrade.log_mels_with_condition``,
        target and condition mels from ONE STFT), as the marginal cost of the condition over the target
        log-mel (both timed here on the same batches) and as the total for both mels; the filter design is
-       shown uncached (as in 3) and as the loader runs it (``loader._device_params``, an lru cache, warm).
+       shown uncached (as in 3) and as the loader runs it (``loader.device_params``, an lru cache, warm).
   Goal: >= 1000x real time per core for low-pass + mel.
 * ``loader`` runs in a child process on all visible cores with 8 fake CPU devices: ``make_loader`` batches/s
   and audio-seconds/s into a mesh (8,) for lowpass in {device, host} and each ``--workers`` count; the
@@ -88,7 +88,7 @@ def run_stages(args) -> None:
 
     from audiosr_jax import degrade as D
     from audiosr_jax.audio import log_mel_spectrogram
-    from audiosr_jax.data.loader import _device_params, crop_offset
+    from audiosr_jax.data.loader import crop_offset, device_params
 
     src, desc = _source(args)
     cores = len(os.sched_getaffinity(0))
@@ -163,7 +163,7 @@ def run_stages(args) -> None:
 
     def cached_design():
         for b in batches:
-            rows = [_device_params(specs[i], SR) for i in b]
+            rows = [device_params(specs[i], SR) for i in b]
             {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
     cached_design()  # warm the loader's cache (each spec once, as the first epoch over a dataset does)

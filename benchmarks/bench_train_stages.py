@@ -50,7 +50,7 @@ import numpy as np  # noqa: E402
 from audiosr_jax import sharding as shd  # noqa: E402
 from audiosr_jax.training import state as st  # noqa: E402
 from audiosr_jax.training.discriminators import count_params  # noqa: E402
-from audiosr_jax.training.loop import _batch_shardings, jit_train_step, prepare_step  # noqa: E402
+from audiosr_jax.training.loop import batch_shardings, jit_train_step, prepare_step  # noqa: E402
 from audiosr_jax.training.summary import compiled_flops  # noqa: E402
 from audiosr_jax.training.weights import architectures  # noqa: E402
 
@@ -144,10 +144,10 @@ def first_batch(config, mesh, rules) -> dict:
     from audiosr_jax.training import data as train_data
 
     b = int(config.train.batch_size)
-    cfg = train_data._loader_config(config, batch_size=b, train=True)
+    cfg = train_data.loader_config(config, batch_size=b, train=True)
     cfg = dataclasses.replace(cfg, num_epochs=1, worker_count=0)
     source = _RandomCorpus(b, max(SEGMENT, int(config.data.crop_samples)), seed=int(config.data.seed))
-    loader = make_loader(source, cfg, mesh, batch_axes=train_data._batch_axes(rules, mesh))
+    loader = make_loader(source, cfg, mesh, batch_axes=train_data.batch_axes_of(rules, mesh))
     try:
         return next(loader)
     finally:
@@ -238,7 +238,7 @@ def _bench(config, stage_name, width, *, run, steps, warmup, full_steps) -> dict
     state_sh = setup.state_sh
     state = jax.jit(setup.init_fn, out_shardings=state_sh)(key)
     batch = first_batch(config, mesh, rules)
-    batch_sh = _batch_shardings(batch, rules, mesh)
+    batch_sh = batch_shardings(batch, rules, mesh)
     scale = None
     if stage_name == "ldm":
         scale = float(frozen_host["scale_factor"])

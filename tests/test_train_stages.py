@@ -225,7 +225,7 @@ def _vocoder_step_on(mesh_axes):
     it (``prepare_step`` / ``jit_train_step``). The initial state is made once, unsharded, then placed: the
     RBG PRNG of this module is not sharding-invariant."""
     from audiosr_jax import sharding as shd
-    from audiosr_jax.training.loop import _batch_shardings, jit_train_step, prepare_step
+    from audiosr_jax.training.loop import batch_shardings, jit_train_step, prepare_step
 
     c = _vocoder_cfg()
     c.mesh = mesh_axes
@@ -241,7 +241,7 @@ def _vocoder_step_on(mesh_axes):
     rng = np.random.default_rng(0)
     batch = {"audio": np.stack([0.4 * np.sin(2 * np.pi * f * t) + 0.05 * rng.standard_normal(n)
                                 for f in rng.uniform(200, 4000, 8)]).astype(np.float32)}
-    batch_sh = _batch_shardings(batch, rules, mesh)
+    batch_sh = batch_shardings(batch, rules, mesh)
     init = jax.device_get(state.params)
     state, metrics = jit_train_step(setup, batch_sh)(state, setup.frozen, jax.device_put(batch, batch_sh))
     return jax.device_get(metrics), init, jax.device_get(state.params)

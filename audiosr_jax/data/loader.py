@@ -128,7 +128,9 @@ def crop_offset(rng: np.random.Generator, segment: int, valid: int, crop: int, m
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _device_params(spec: D.LowpassSpec, sr: int) -> dict:
+def device_params(spec: D.LowpassSpec, sr: int) -> dict:
+    """One example's ``lowpass_params`` (read-only numpy: sos [5, 6], fc, t_win, fs_down) for the on-device
+    low-pass of ``spec`` at ``sr`` Hz; cached (a spec repeats)."""
     # the filter design (~1-3 ms) dominates the device path's host cost; a spec repeats often when
     # DegradeConfig.cutoff_step_hz > 1 (5 families x 9 orders x 281 cutoffs at 50 Hz), rarely at 1 Hz
     out = {k: v[0] for k, v in D.response_params([spec], sr).items()}
@@ -181,7 +183,7 @@ class _Example:
             out["lowpass"] = low
         elif cfg.lowpass in ("device", "device_stft"):  # the same batch; they differ in the step only
             spec = D.draw_spec(dcfg, cfg.seed, epoch, index)
-            out["lowpass_params"] = _device_params(spec, dcfg.sample_rate)
+            out["lowpass_params"] = device_params(spec, dcfg.sample_rate)
         else:
             spec = None
         out["cutoff_hz"] = np.float32(dcfg.sample_rate / 2 if spec is None else spec.cutoff_hz)

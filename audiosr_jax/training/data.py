@@ -7,14 +7,17 @@ from typing import Any
 from audiosr_jax import sharding as shd
 
 
-def _batch_axes(rules, mesh) -> tuple:
+def batch_axes_of(rules, mesh) -> tuple:
+    """The mesh axes the batch dimension is sharded over under ``rules`` (a tuple of names, () = replicated)."""
     axes = shd.batch_spec(rules, mesh)[0]
     if axes is None:
         return ()
     return (axes,) if isinstance(axes, str) else tuple(axes)
 
 
-def _loader_config(config: Any, *, batch_size: int, train: bool):
+def loader_config(config: Any, *, batch_size: int, train: bool):
+    """The `LoaderConfig` of a training config's ``data`` section for ``batch_size`` global examples
+    (``train``: the training stream; else the validation one)."""
     from audiosr_jax.data.loader import LoaderConfig
 
     d = config.data
@@ -36,8 +39,8 @@ def make_train_iterator(config: Any, mesh, rules):
     from audiosr_jax.data.segments import open_split
 
     source = open_split(config.data.dataset_dir, "train")
-    return iter(make_loader(source, _loader_config(config, batch_size=config.train.batch_size, train=True), mesh,
-                            batch_axes=_batch_axes(rules, mesh)))
+    return iter(make_loader(source, loader_config(config, batch_size=config.train.batch_size, train=True), mesh,
+                            batch_axes=batch_axes_of(rules, mesh)))
 
 
 def make_eval_batches(config: Any, mesh, rules):
@@ -49,10 +52,10 @@ def make_eval_batches(config: Any, mesh, rules):
     from audiosr_jax.data.segments import open_split
 
     source = open_split(config.data.dataset_dir, "validation")
-    cfg = _loader_config(config, batch_size=config.train.eval_batch_size, train=False)
+    cfg = loader_config(config, batch_size=config.train.eval_batch_size, train=False)
 
     def batches():
-        it = iter(make_loader(source, cfg, mesh, batch_axes=_batch_axes(rules, mesh)))
+        it = iter(make_loader(source, cfg, mesh, batch_axes=batch_axes_of(rules, mesh)))
         for _ in range(n):
             try:
                 yield next(it)

@@ -137,7 +137,8 @@ def check_before_start(config: Any, mesh, rules, eval_loader: bool = True) -> No
         shd.check_batch(int(tc.eval_batch_size), rules, mesh, "train.eval_batch_size")
 
 
-def _batch_shardings(batch: Any, rules, mesh) -> Any:
+def batch_shardings(batch: Any, rules, mesh) -> Any:
+    """A NamedSharding per leaf of ``batch``: its leading dim over the batch axes of ``rules`` on ``mesh``."""
     return jax.tree.map(lambda x: NamedSharding(mesh, shd.batch_spec(rules, mesh, np.ndim(x))), batch)
 
 
@@ -198,7 +199,7 @@ def train(config: Any, workdir: str, *, train_iter: Any = None, eval_batches: An
         log.info("resumed from step %d in %s", start, workdir)
 
     first = next(train_iter)
-    batch_sh = _batch_shardings(first, rules, mesh)
+    batch_sh = batch_shardings(first, rules, mesh)
     saved = ckpt.saved_config(restored_step) if restored_step is not None else None
     frozen_updates, config_updates = stage.prepare(frozen, first, key, saved)
     for k, v in frozen_updates.items():
