@@ -214,3 +214,51 @@ def test_settings_limited_to_some_cells_are_scored_only_there_and_compared_on_co
     assert header.index("euler-1 ") < header.index("midpoint-1 ") < header.index("ddim-eta1-50")  # by NFE
     diffusion_row = next(line for line in lsd_table.splitlines() if "objective=diffusion" in line)
     assert diffusion_row.count(" - ") == len([k for k in settings if k not in scored["diffusion"]])
+
+
+def test_students_are_distilled_from_their_teacher_cells_and_compared_with_them(tmp_path):
+    """The objectives grid's students: one per diffusion cell and step count, with valid distill overrides
+    (the teacher cell's LDM run, the whole round schedule); a finished student is not rerun; the report puts
+    each student in the tables at its own setting and compares it paired with its own teacher."""
+    from audiosr_jax.configs.ablations.objectives import get_config
+    from audiosr_jax.diffusion.progressive import num_rounds
+
+    grid = get_config()
+    students = ablation.student_cells(grid)
+    teachers = [c for c in ablation.cells(grid) if c["axes"]["ldm.objective"] == "diffusion"]
+    assert [(s["teacher"]["name"], s["steps"]) for s in students] == [(t["name"], n) for t in teachers for n in (1, 2, 4)]
+    assert len({s["dir"] for s in students} | {c["dir"] for c in ablation.cells(grid)}) == len(students) + 6
+    prepared = {"dataset": tmp_path / "ds", "base": tmp_path / "base"}
+    o = ablation.distill_overrides(grid, students[1], tmp_path, prepared)
+    cfg = ex.stage_config("distill", o)  # every key is a real config key
+    assert cfg.distill.teacher == str(tmp_path / "cells" / teachers[0]["dir"] / "ldm") and cfg.distill.student_steps == 2
+    assert cfg.train.total_steps == num_rounds(64, 2) * 100 == 500 and cfg.train.seed == 0
+    assert cfg.ldm.vae_from == str(tmp_path / "base" / "vae")
+
+    def write(cell, setting_keys, offset):
+        files = [{"output": f"lp{k}000/clip{i}.wav", "cutoff_bucket_khz": float(k), "lsd": 2.0 + offset + i / 100,
+                  "lsd_hf": 2.0, "lsd_lf": 0.2, "si_sdr": 3.0, "input_lsd": 4.0, "input_lsd_hf": 6.0}
+                 for k in (4, 8) for i in range(2)]
+        settings = {s["key"]: s for s in ablation.eval_settings(grid)} | {
+            s["key"]: s for s in (ablation.student_setting(n) for n in (1, 2, 4))}
+        path = tmp_path / "cells" / cell["dir"] / "results.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"cell": {k: v for k, v in cell.items() if k != "teacher"},
+                                    "evals": {k: {**settings[k], "seconds": 1.0, "per_cutoff": [], "files": files}
+                                              for k in setting_keys}}))
+
+    teacher, student4 = teachers[0], next(s for s in students if s["teacher"]["name"] == teachers[0]["name"] and s["steps"] == 4)
+    write(teacher, [s["key"] for s in ablation.eval_settings(grid) if ablation.applies(s, teacher)], 0.0)
+    write(student4, ["student-4"], 0.25)
+    res = ablation.run_student(grid, student4, tmp_path, {"dataset": None, "base": None, "inputs": None,
+                                                          "references": None})  # finished: nothing to run
+    assert set(res["evals"]) == {"student-4"}
+    rows = ablation.collect(grid, tmp_path)
+    assert {r["student"] for r in rows} == {None, 4}  # one column set for every row (the CSV)
+    md = ablation.write_report(grid, tmp_path, rows).read_text()
+    lsd_table = md.split("## LSD (")[1].split("##")[0]
+    assert "| objective=diffusion, student=4 |" in lsd_table and "student-4" in lsd_table
+    table = md.split("## Distilled students against their teacher (ddim-eta1-50)")[1]
+    assert f"| {student4['name']} | +0.250 ± 0.000 |" in table and "0/4 |" in table
+    with open(tmp_path / "results.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(rows)

@@ -16,6 +16,12 @@ A grid config (``audiosr_jax/configs/ablations/*.py``) holds:
   at every (sampler, steps) whose ``only`` (optional) it matches — e.g. ``midpoint`` only where
   ``ldm.objective`` is flow or bridge. Tables and plots count network evaluations (NFE), not steps.
 
+* ``students`` (optional): ``teacher`` (((dotted key, value), ...) picking the teacher cells), ``steps`` (student
+  step counts) and ``distill`` (overrides of ``configs/distill.py:tiny``, e.g. ``teacher_steps``,
+  ``steps_per_round``): every teacher cell is distilled (progressive distillation, the distill stage) into one
+  student per step count, scored at its own sampling (``ddim_progressive``, guidance 1), and compared paired
+  with its teacher at ``compare_to`` (a setting key).
+
 Each cell lives in ``<workdir>/cells/<cell>/`` (``ldm/`` training run, ``checkpoint/`` export,
 ``outputs/<sampler>-<steps>/`` audio, ``results.json``). A cell whose ``results.json`` has every evaluation
 is not rerun; a partly done cell resumes (training from its checkpoint, evaluation per setting). ``--cell``
@@ -35,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from audiosr_jax.lab import experiments as ex
 from audiosr_jax.audio import atomic_write
+from audiosr_jax.lab import experiments as ex
 
 TABLE_METRICS = ("lsd", "lsd_hf", "lsd_lf", "si_sdr")
 
@@ -158,18 +164,98 @@ def run_cell(grid: Any, cell: dict, workdir: Path, prepared: dict) -> dict:
     if last:
         results["train"] = {"seconds": train_s, **{k: v for k, v in last.items() if isinstance(v, (int, float))}}
     for s in todo:
-        t1 = time.perf_counter()
-        out = cdir / "outputs" / s["key"]
-        ex.super_resolve(ckpt, prepared["inputs"], out, steps=s["steps"], guidance=float(grid.eval.guidance),
-                         sampler=s["sampler"], eta=s["eta"], seed=int(grid.eval.seed))
-        rows = ex.score(out, prepared["references"], prepared["inputs"])
-        results["evals"][s["key"]] = {**s, "seconds": time.perf_counter() - t1, "per_cutoff": ex.per_cutoff(rows),
-                                      "files": [{k: r.get(k) for k in ("output", "cutoff_bucket_khz", *TABLE_METRICS,
-                                                                        "input_lsd", "input_lsd_hf")} for r in rows]}
-        atomic_write(results_path, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2, default=str)))
-        all_ = _mean_over_files(results["evals"][s["key"]]["files"])
-        log(f"{cell['name']} {s['key']}: LSD {all_['lsd']:.3f}, LSD-HF {all_['lsd_hf']:.3f}, "
-            f"SI-SDR {all_['si_sdr']:.2f} dB ({time.perf_counter() - t1:.0f} s)")
+        _evaluate(grid, cell["name"], cdir, ckpt, s, prepared, results)
+    return results
+
+
+def _evaluate(grid: Any, name: str, cdir: Path, ckpt: Path, s: dict, prepared: dict, results: dict) -> None:
+    """Sample the held-out inputs with checkpoint ``ckpt`` at setting ``s``, score them, and add the scores to
+    ``results`` (saved to ``cdir/results.json`` at once, so a stopped run keeps every finished setting)."""
+    t1 = time.perf_counter()
+    out = cdir / "outputs" / s["key"]
+    ex.super_resolve(ckpt, prepared["inputs"], out, steps=s["steps"],
+                     guidance=float(s.get("guidance", grid.eval.guidance)), sampler=s["sampler"], eta=s["eta"],
+                     seed=int(grid.eval.seed))
+    rows = ex.score(out, prepared["references"], prepared["inputs"])
+    results["evals"][s["key"]] = {**s, "seconds": time.perf_counter() - t1, "per_cutoff": ex.per_cutoff(rows),
+                                  "files": [{k: r.get(k) for k in ("output", "cutoff_bucket_khz", *TABLE_METRICS,
+                                                                    "input_lsd", "input_lsd_hf")} for r in rows]}
+    atomic_write(cdir / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2, default=str)))
+    all_ = _mean_over_files(results["evals"][s["key"]]["files"])
+    log(f"{name} {s['key']}: LSD {all_['lsd']:.3f}, LSD-HF {all_['lsd_hf']:.3f}, "
+        f"SI-SDR {all_['si_sdr']:.2f} dB ({time.perf_counter() - t1:.0f} s)")
+
+
+def student_setting(steps: int) -> dict:
+    """How a distilled student is scored: its own grid (``ddim_progressive``), ``steps`` calls, no guidance."""
+    return {"key": f"student-{steps}", "sampler": "ddim_progressive", "eta": 0.0, "steps": int(steps),
+            "calls": int(steps), "only": {}, "guidance": 1.0}
+
+
+def student_cells(grid: Any) -> list[dict]:
+    """The students of ``grid.students`` (none without it): per teacher cell and step count, ``{"name", "dir",
+    "teacher" (the cell), "steps", "axes" (the teacher's plus "student"), "seed", "overrides"}``."""
+    spec = grid.get("students")
+    if not spec:
+        return []
+    match = dict(spec.teacher)
+    out = []
+    for cell in cells(grid):
+        if all(cell["axes"].get(k) == v for k, v in match.items()):
+            for n in spec.steps:
+                base = ",".join(f"{_short(k)}={v}" for k, v in cell["axes"].items())
+                out.append({"name": f"{base},student={n},seed={cell['seed']}", "dir": f"{cell['dir']}-student{n}",
+                            "teacher": cell, "steps": int(n), "axes": {**cell["axes"], "student": int(n)},
+                            "seed": cell["seed"], "overrides": {"train.seed": cell["seed"]}})
+    return out
+
+
+def distill_overrides(grid: Any, student: dict, workdir: Path, prepared: dict) -> dict:
+    """The distill stage's overrides for ``student``: the grid's ``students.distill``, the teacher cell's LDM
+    run, the student's step count, the shared dataset and VAE, the teacher's seed, and the whole schedule."""
+    from audiosr_jax.configs import distill as distill_config
+    from audiosr_jax.diffusion.progressive import num_rounds
+
+    spec = grid.students
+    o = {f"distill.{k}": v for k, v in _flatten(spec.get("distill", {}).to_dict()
+                                                if hasattr(spec.get("distill", {}), "to_dict")
+                                                else dict(spec.get("distill", {}))).items()}
+    o.update({"distill.teacher": str(workdir / "cells" / student["teacher"]["dir"] / "ldm"),
+              "distill.student_steps": student["steps"], "data.dataset_dir": str(prepared["dataset"]),
+              "ldm.vae_from": str(prepared["base"] / "vae"), **student["overrides"]})
+    d = distill_config.get_config("tiny").distill
+    teacher_steps = int(o.get("distill.teacher_steps", d.teacher_steps))
+    per_round = int(o.get("distill.steps_per_round", d.steps_per_round))
+    o["train.total_steps"] = num_rounds(teacher_steps, student["steps"]) * per_round
+    return o
+
+
+def run_student(grid: Any, student: dict, workdir: Path, prepared: dict) -> dict:
+    """Distil, export and score one student (each part skipped when done; its teacher cell is trained first
+    if needed); returns its results dict."""
+    from audiosr_jax.training.export import export_weights
+
+    cdir = workdir / "cells" / student["dir"]
+    results_path = cdir / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    s = student_setting(student["steps"])
+    if s["key"] in results.get("evals", {}):
+        log(f"{student['name']}: done, skipped")
+        return results
+    teacher = student["teacher"]
+    ex.train_stage("ldm", workdir / "cells" / teacher["dir"] / "ldm", ldm_overrides(grid, teacher, prepared), say=log)
+    t0 = time.perf_counter()
+    last = ex.train_stage("distill", cdir / "distill", distill_overrides(grid, student, workdir, prepared), say=log)
+    ckpt = cdir / "checkpoint"
+    if not (ckpt / "architecture.json").is_file():
+        base = prepared["base"]
+        export_weights(str(base / "vae"), str(cdir / "distill"), str(base / "vocoder"), str(ckpt), use_ema=True)
+    results.setdefault("cell", {k: v for k, v in student.items() if k != "teacher"})
+    results.setdefault("evals", {})
+    if last:
+        results["train"] = {"seconds": time.perf_counter() - t0,
+                            **{k: v for k, v in last.items() if isinstance(v, (int, float))}}
+    _evaluate(grid, student["name"], cdir, ckpt, s, prepared, results)
     return results
 
 
@@ -181,16 +267,20 @@ def collect(grid: Any, workdir: Path) -> list[dict]:
     """One row per (cell, eval setting, cutoff or "all") over the finished evaluations; seeds are kept apart
     (rows carry ``seed``) and pooled in the report."""
     rows = []
-    for cell in cells(grid):
+    students = grid.get("students")
+    for cell in cells(grid) + student_cells(grid):
         path = workdir / "cells" / cell["dir"] / "results.json"
         if not path.is_file():
             continue
         res = json.loads(path.read_text())
+        axes = {_short(k): v for k, v in cell["axes"].items()}
+        if students:
+            axes.setdefault("student", None)  # every row has the same columns
         for key, ev in res.get("evals", {}).items():
             files = ev["files"]
             for khz in sorted({f["cutoff_bucket_khz"] for f in files}) + ["all"]:
                 fs = files if khz == "all" else [f for f in files if f["cutoff_bucket_khz"] == khz]
-                row = {"cell": cell["name"], **{_short(k): v for k, v in cell["axes"].items()}, "seed": cell["seed"],
+                row = {"cell": cell["name"], **axes, "seed": cell["seed"],
                        "setting": key, "sampler": ev["sampler"], "eta": ev["eta"], "steps": ev["steps"],
                        "calls": ev.get("calls", network_calls(ev["sampler"], ev["steps"])),
                        "cutoff_khz": khz, "n": len(fs)}
@@ -203,13 +293,17 @@ def collect(grid: Any, workdir: Path) -> list[dict]:
 
 
 def _group_name(row: dict, axis_names: list[str]) -> str:
-    return ", ".join(f"{a}={row[a]}" for a in axis_names)
+    return ", ".join(f"{a}={row[a]}" for a in axis_names if row.get(a) is not None)
+
+
+def _axis_names(grid: Any) -> list[str]:
+    return [_short(k) for k, _ in grid.axes] + (["student"] if grid.get("students") else [])
 
 
 def write_report(grid: Any, workdir: Path, rows: list[dict]) -> Path:
     """``results.csv`` (every row), ``report.md`` (cells × settings, LSD pooled over cutoffs with the spread
     over seeds, then per cutoff at the largest step count) and ``lsd_vs_steps.png``."""
-    axis_names = [_short(k) for k, _ in grid.axes]
+    axis_names = _axis_names(grid)
     csv_path = workdir / "results.csv"
     if rows:
         fields = list(rows[0].keys())
@@ -221,9 +315,11 @@ def write_report(grid: Any, workdir: Path, rows: list[dict]) -> Path:
                 w.writerows(rows)
 
         atomic_write(csv_path, write_csv)
-    settings = [s["key"] for s in sorted(eval_settings(grid), key=lambda s: (s["calls"], s["key"]))]
+    students = student_cells(grid)
+    all_settings = eval_settings(grid) + [student_setting(n) for n in sorted({c["steps"] for c in students})]
+    settings = [s["key"] for s in sorted(all_settings, key=lambda s: (s["calls"], s["key"]))]
     present = {_group_name(r, axis_names) for r in rows}
-    groups = list(dict.fromkeys(g for g in (_cell_group(c, axis_names) for c in cells(grid)) if g in present))
+    groups = list(dict.fromkeys(g for g in (_cell_group(c) for c in cells(grid) + students) if g in present))
     lines = [f"# Ablation: {grid.name}", "", grid.get("description", ""), "",
              f"Cells: {len(cells(grid))} ({' × '.join(f'{a} ({len(v)})' for a, v in zip(axis_names, (v for _, v in grid.axes)))}"
              f" × seeds {list(grid.seeds)}). Held-out: {grid.eval.clips} clips × cutoffs "
@@ -257,6 +353,11 @@ def write_report(grid: Any, workdir: Path, rows: list[dict]) -> Path:
                   "(cell − first cell; negative LSD is better). Mean ± standard error over files, and how many "
                   "files the cell improves.", ""]
         lines += _paired_table(grid, workdir, key)
+    if students:
+        lines += ["", f"## Distilled students against their teacher ({grid.students.compare_to})", "",
+                  "Each student against its own teacher cell on the same files (student − teacher; negative LSD "
+                  "is better): mean ± standard error over files, and how many files the student improves.", ""]
+        lines += _student_table(grid, workdir, students)
     lines += ["", "Files: `results.csv` (every cell × setting × cutoff, per seed), `lsd_vs_steps.png`.", ""]
     md = workdir / "report.md"
     atomic_write(md, lambda tmp: Path(tmp).write_text("\n".join(lines)))
@@ -264,33 +365,49 @@ def write_report(grid: Any, workdir: Path, rows: list[dict]) -> Path:
     return md
 
 
+def _files(workdir: Path, cell: dict, setting: str) -> dict | None:
+    """{"<lpN>/<clip>": file scores} of one cell at one setting (None if not scored): outputs live under each
+    cell's folder, so files pair across cells by their last two path parts."""
+    path = workdir / "cells" / cell["dir"] / "results.json"
+    ev = json.loads(path.read_text()).get("evals", {}).get(setting) if path.is_file() else None
+    return {"/".join(Path(f["output"]).parts[-2:]): f for f in ev["files"]} if ev else None
+
+
+def _paired_line(name: str, files: dict, ref: dict) -> str:
+    """One table line: mean ± standard error of the per-file differences files − ref (LSD, LSD-HF, SI-SDR) and
+    how many files improve LSD."""
+    keys = sorted(set(files) & set(ref))
+    cells_ = []
+    for m in ("lsd", "lsd_hf", "si_sdr"):
+        d = np.array([files[k][m] - ref[k][m] for k in keys if files[k].get(m) is not None
+                      and ref[k].get(m) is not None], np.float64)
+        se = d.std(ddof=1) / np.sqrt(d.size) if d.size > 1 else float("nan")
+        cells_.append(f"{d.mean():+.3f} ± {se:.3f}" if d.size else "-")
+    better = sum(files[k]["lsd"] < ref[k]["lsd"] for k in keys)
+    return f"| {name} | " + " | ".join(cells_) + f" | {better}/{len(keys)} |"
+
+
 def _paired_table(grid: Any, workdir: Path, setting: str) -> list[str]:
-    per_cell = []
-    for cell in cells(grid):
-        path = workdir / "cells" / cell["dir"] / "results.json"
-        ev = json.loads(path.read_text()).get("evals", {}).get(setting) if path.is_file() else None
-        if ev:
-            # outputs live under each cell's folder: pair them by <lpN>/<clip>
-            per_cell.append((cell["name"], {"/".join(Path(f["output"]).parts[-2:]): f for f in ev["files"]}))
+    per_cell = [(c["name"], f) for c in cells(grid) if (f := _files(workdir, c, setting))]
     if len(per_cell) < 2:
         return ["(needs two finished cells)"]
     ref_name, ref = per_cell[0]
     out = [f"| cell (vs {ref_name}) | ΔLSD | ΔLSD-HF | ΔSI-SDR (dB) | files better (LSD) |", "|---|---|---|---|---|"]
-    for name, files in per_cell[1:]:
-        keys = sorted(set(files) & set(ref))
-        cells_ = []
-        for m in ("lsd", "lsd_hf", "si_sdr"):
-            d = np.array([files[k][m] - ref[k][m] for k in keys if files[k].get(m) is not None
-                          and ref[k].get(m) is not None], np.float64)
-            se = d.std(ddof=1) / np.sqrt(d.size) if d.size > 1 else float("nan")
-            cells_.append(f"{d.mean():+.3f} ± {se:.3f}" if d.size else "-")
-        better = sum(files[k]["lsd"] < ref[k]["lsd"] for k in keys)
-        out.append(f"| {name} | " + " | ".join(cells_) + f" | {better}/{len(keys)} |")
-    return out
+    return out + [_paired_line(name, files, ref) for name, files in per_cell[1:]]
 
 
-def _cell_group(cell: dict, axis_names: list[str]) -> str:
-    return ", ".join(f"{a}={cell['axes'][k]}" for a, k in zip(axis_names, cell["axes"]))
+def _student_table(grid: Any, workdir: Path, students: list[dict]) -> list[str]:
+    out = ["| student (vs its teacher) | ΔLSD | ΔLSD-HF | ΔSI-SDR (dB) | files better (LSD) |", "|---|---|---|---|---|"]
+    for st in students:
+        files = _files(workdir, st, student_setting(st["steps"])["key"])
+        ref = _files(workdir, st["teacher"], str(grid.students.compare_to))
+        if files and ref:
+            out.append(_paired_line(st["name"], files, ref))
+    return out if len(out) > 2 else ["(needs a finished student and its teacher)"]
+
+
+def _cell_group(cell: dict) -> str:
+    return ", ".join(f"{_short(k)}={v}" for k, v in cell["axes"].items())
 
 
 def _fmt(vals: list, digits: int = 3) -> str:
@@ -359,20 +476,25 @@ def run(grid: Any, workdir: Path, only_cell: str | None = None, report_only: boo
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     grid_cells = cells(grid)
-    if only_cell is not None and only_cell not in {c["name"] for c in grid_cells} | {c["dir"] for c in grid_cells}:
+    named = grid_cells + student_cells(grid)
+    if only_cell is not None and only_cell not in {c["name"] for c in named} | {c["dir"] for c in named}:
         raise SystemExit(f"error: no cell {only_cell!r} in {grid.name}; cells: "
-                         + "; ".join(c["name"] for c in grid_cells))
+                         + "; ".join(c["name"] for c in named))
     atomic_write(workdir / "grid.json", lambda tmp: Path(tmp).write_text(grid.to_json(indent=2)))
     if not report_only:
         prepared = prepare_base(grid, workdir)
         for cell in grid_cells:
             if only_cell in (None, cell["name"], cell["dir"]):
                 run_cell(grid, cell, workdir, prepared)
+        for student in student_cells(grid):
+            if only_cell in (None, student["name"], student["dir"]):
+                run_student(grid, student, workdir, prepared)
     rows = collect(grid, workdir)
     md = write_report(grid, workdir, rows)
     log(f"report: {md} ({len({r['cell'] for r in rows})}/{len(grid_cells)} cells finished)")
     return md
 
 
-__all__ = ["cells", "eval_settings", "applies", "common_settings", "network_calls", "prepare_base", "run_cell",
-           "collect", "write_report", "run"]
+__all__ = ["cells", "eval_settings", "applies", "common_settings", "network_calls", "student_cells",
+           "student_setting", "distill_overrides", "prepare_base", "run_cell", "run_student", "collect",
+           "write_report", "run"]

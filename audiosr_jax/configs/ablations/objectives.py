@@ -15,6 +15,10 @@ budget is compared paired (same clips, cutoffs and noise):
 and with its own: AudioSR's DDIM (η = 1) at 10 and 50 steps for diffusion, ``midpoint`` at 1, 2, 5 steps
 (2, 4, 10 NFE) for flow and bridge (``only`` in the sampler entries). Every cell: the same data order, frozen
 tiny VAE and vocoder, training budget; scored on the same held-out clips at 2/4/8/12 kHz.
+
+Students: each cosine/v (diffusion) cell is also distilled into 1-, 2- and 4-step students (progressive
+distillation from a 64-step teacher grid with its guidance baked in, 100 steps per round; the distill stage)
+and each student is compared paired with its own teacher at DDIM 50.
 """
 
 import ml_collections
@@ -42,5 +46,9 @@ def get_config() -> ml_collections.ConfigDict:
                   dict(sampler="heun", eta=0.0, steps=[1, 2, 3, 5, 25]),
                   dict(sampler="ddim", eta=1.0, steps=[10, 50], only={"ldm.objective": ["diffusion"]}),
                   dict(sampler="midpoint", eta=0.0, steps=[1, 2, 5], only={"ldm.objective": ["flow", "bridge"]})],
+    ))
+    c.students = ml_collections.ConfigDict(dict(
+        teacher=(("ldm.objective", "diffusion"),), steps=[1, 2, 4], compare_to="ddim-eta1-50",
+        distill=dict(teacher_steps=64, steps_per_round=100),
     ))
     return c
