@@ -110,7 +110,7 @@ def test_sampler_that_does_not_fit_the_models_schedule_is_a_user_error():
     from audiosr_jax.diffusion.config import DiffusionConfig
     from audiosr_jax.errors import UserError
 
-    sr = AudioSR(SimpleNamespace(diffusion=DiffusionConfig("linear_zero_snr", (), 600, "eps")))
+    sr = AudioSR(SimpleNamespace(diffusion=DiffusionConfig("linear_zero_snr", (), 600, "eps"), sampling={}))
     sr.options(steps=50)  # fine: DDIM never visits t=599 at 50 steps
     with pytest.raises(UserError, match="trained with 600 timesteps"):
         sr.options(steps=800)

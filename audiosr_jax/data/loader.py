@@ -17,9 +17,10 @@ deterministic, resumable and the same for any number of worker processes)::
     -> jax.make_array_from_process_local_data(NamedSharding(mesh, P(batch_axes)), local)
 
 * **Global batches are process-count independent, row for row**: global batch ``s`` holds the stream
-  positions ``[s·B, (s+1)·B)`` in order; each host reads the contiguous block of rows that its devices hold
-  in the batch sharding (host ``i`` of ``n``: rows ``[i·B/n, (i+1)·B/n)`` on the usual meshes), so every
-  device sees the same examples in the same place whatever the number of processes. The random draws
+  positions ``[s·B, (s+1)·B)`` in order, row ``r`` at position ``s·B + r``; each host reads exactly the rows
+  its devices hold in the batch sharding (host ``i`` of ``n``: rows ``[i·B/n, (i+1)·B/n)`` on the usual
+  meshes, every n-th row where the mesh interleaves processes), so every device sees the same examples in the
+  same place whatever the number of processes. The random draws
   depend on ``(seed, epoch, record index)`` only (:func:`audiosr_jax.degrade.draw_spec` for the low-pass),
   so an example is processed identically on any host, in any order, after any restart.
 * **Epoch end**: with ``num_epochs = E`` the stream has ``E·len(source)`` positions and the loader yields
@@ -142,15 +143,15 @@ def device_params(spec: D.LowpassSpec, sr: int) -> dict:
 
 class _HostShare:
     """Map a host-local position q -> (stream position, record index): local batch s = q // L holds the
-    stream positions ``s·B + offset + [0, L)`` of global batch s (L = local, B = global batch size).
-    Picklable for grain workers."""
+    stream positions ``s·B + rows[j]`` of global batch s, ``rows`` being the L global rows this host's devices
+    hold, ascending (B = global batch size). Picklable for grain workers."""
 
-    def __init__(self, stream: grain.MapDataset, global_batch: int, local_batch: int, offset: int):
-        self.stream, self.global_batch, self.local_batch, self.offset = stream, global_batch, local_batch, offset
+    def __init__(self, stream: grain.MapDataset, global_batch: int, rows: Sequence[int]):
+        self.stream, self.global_batch, self.rows = stream, global_batch, tuple(int(r) for r in rows)
 
     def __call__(self, q: int) -> tuple[int, int]:
-        s, j = divmod(int(q), self.local_batch)
-        position = s * self.global_batch + self.offset + j
+        s, j = divmod(int(q), len(self.rows))
+        position = s * self.global_batch + self.rows[j]
         return position, int(self.stream[position])
 
 
@@ -192,18 +193,16 @@ class _Example:
         return out
 
 
-def _host_row_offset(sharding: NamedSharding, global_batch: int, local_batch: int) -> int:
-    """First global row of this process's block in the batch sharding; ValueError when its devices do not
-    hold one contiguous block of ``local_batch`` rows (a mesh whose batch axes interleave processes)."""
-    rows = sorted({(sl[0].start or 0, global_batch if sl[0].stop is None else sl[0].stop)
-                   for sl in sharding.addressable_devices_indices_map((global_batch,)).values()})
-    start, stop = rows[0][0], rows[-1][1]
-    contiguous = all(a[1] == b[0] for a, b in zip(rows, rows[1:]))
-    if not contiguous or stop - start != local_batch:
-        raise ValueError(f"this process's devices hold rows {rows} of a global batch of {global_batch}, not one "
-                         f"block of {local_batch}: order the mesh's batch axes so each process's devices are "
-                         "adjacent along them (mesh_dcn outermost)")
-    return start
+def _host_rows(sharding: NamedSharding, global_batch: int, local_batch: int) -> list[int]:
+    """The global rows of a batch that this process's devices hold, ascending: the order in which
+    ``jax.make_array_from_process_local_data`` takes a process's local rows. On the usual meshes one block
+    ``[i·L, (i+1)·L)``; a mesh whose batch axes interleave processes gives every n-th row."""
+    rows = sorted({r for sl in sharding.addressable_devices_indices_map((global_batch,)).values()
+                   for r in range(global_batch)[sl[0]]})
+    if len(rows) != local_batch:
+        raise ValueError(f"this process's devices hold {len(rows)} rows of a global batch of {global_batch}, "
+                         f"expected {local_batch} (global batch / processes)")
+    return rows
 
 
 def _batch_axes_size(mesh: Mesh, batch_axes: Sequence[str]) -> int:
@@ -265,10 +264,10 @@ class Loader:
             self.num_batches = None
         # whole global batches only, so every host runs the same steps
         whole = self.num_batches if self.num_batches is not None else len(stream) // g
-        offset = pi * self.local_batch_size if self._simulated else _host_row_offset(
-            self.sharding, g, self.local_batch_size)
+        rows = (range(pi * self.local_batch_size, (pi + 1) * self.local_batch_size) if self._simulated
+                else _host_rows(self.sharding, g, self.local_batch_size))
         ds = grain.MapDataset.range(whole * self.local_batch_size)
-        ds = ds.map(_HostShare(stream, g, self.local_batch_size, offset)).map(_Example(source, cfg, n))
+        ds = ds.map(_HostShare(stream, g, rows)).map(_Example(source, cfg, n))
         it = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.prefetch_buffer))
         if cfg.worker_count > 0:
             # grain reads absl flags when it starts workers; a program without absl.app has not parsed them
