@@ -20,7 +20,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_stages  # noqa: E402
@@ -30,21 +29,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = [("flow Euler 1", "flow", "euler", 1), ("flow Euler 2", "flow", "euler", 2),
             ("flow Heun 2 (3 calls)", "flow", "heun", 2), ("flow Euler 4", "flow", "euler", 4),
             ("DDIM 10 (AudioSR's objective)", "diffusion", "ddim", 10)]
-
-
-def _seconds(fn, repeats: int) -> tuple[float, float]:
-    """(first call: compile + run, best of `repeats` later calls) in seconds."""
-    import jax
-
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    first = time.perf_counter() - t0
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        best = min(best, time.perf_counter() - t0)
-    return first, best
 
 
 def run_ours(width: str, settings, repeats: int) -> dict:
@@ -63,14 +47,14 @@ def run_ours(width: str, settings, repeats: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         built = bench_stages.build_stages(width, tmp)
         for key in ("frontend", "vae_encode", "unet_cfg_pair", "vae_decode", "vocoder", "postprocess"):
-            out["stages"][key] = _seconds(built["stages"][key].run, repeats)[1]
+            out["stages"][key] = bench_stages.timed(built["stages"][key].run, repeats)[1]
             print(f"[ours] {key:14s} {out['stages'][key]:8.3f} s", file=sys.stderr, flush=True)
         base, wave, info = built["weights"], built["wave"], built["info"]
         for label, objective, sampler, steps in settings:
             weights = dataclasses.replace(base, diffusion=DiffusionConfig(objective=objective))
             options = SamplingOptions(steps=steps, guidance=3.5, eta=0.0, sampler=sampler)
             noise = draw_noise(item_keys(42, [0], [0]), built["latent"], num_sampler_steps(options, weights))
-            first, best = _seconds(lambda: super_resolve_waveform(weights, wave, info, options, noise=noise)[0],
+            first, best = bench_stages.timed(lambda: super_resolve_waveform(weights, wave, info, options, noise=noise)[0],
                                    repeats)
             calls = sampling.num_network_calls(sampler, steps) if objective == "diffusion" else \
                 flow_samplers.num_calls(sampler, steps)

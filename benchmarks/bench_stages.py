@@ -42,7 +42,7 @@ def run_reference(width: str, steps: int, refenv: str) -> dict | None:
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-def _timed(fn, repeats=2):
+def timed(fn, repeats=2):
     """(first call seconds (compile + run), best steady-state seconds)."""
     import jax
 
@@ -164,11 +164,11 @@ def run_ours(width: str, steps: int) -> dict:
         res["build_s"] = built["build_s"]
         for key, stage in built["stages"].items():
             if key != "postprocess":
-                res[f"{key}_first_s"], res[f"{key}_s"] = _timed(stage.run)
+                res[f"{key}_first_s"], res[f"{key}_s"] = timed(stage.run)
     weights, wave, info = built["weights"], built["wave"], built["info"]
     options = SamplingOptions(steps=steps, guidance=3.5, eta=1.0)
     noise = draw_noise(item_keys(42, [0], [0]), built["latent"], num_sampler_steps(options))
-    res["sampling_first_s"], res["sampling_s"] = _timed(
+    res["sampling_first_s"], res["sampling_s"] = timed(
         lambda: super_resolve_waveform(weights, wave, info, options, noise=noise)[0], repeats=1)
     res["sampling_steps"] = steps
     res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6

@@ -23,20 +23,15 @@ and each student is compared paired with its own teacher at DDIM 50.
 
 import ml_collections
 
+from audiosr_jax.configs.ablations import demo_base
+
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = "objectives"
     c.description = ("LDM objective (cosine/v diffusion, rectified flow, bridge from the condition) at 1–50 "
                      "network evaluations, tiny width on the offline corpus (frozen demo VAE and vocoder).")
-    c.base = ml_collections.ConfigDict(dict(
-        workdir="out/demo",  # the demo's workdir: its dataset, VAE and vocoder (trained there by its recipe if missing)
-        corpus="",           # an existing corpus folder ("" = build one with data/build_corpus.py)
-        cache="out/corpus_cache", minutes=20.0,
-        # LDM training shared by every cell (the demo's recipe); schedule/parameterisation stay cosine/v
-        ldm=dict(train=dict(total_steps=400, batch_size=4, eval_batch_size=4, eval_every=250, save_every=100),
-                 data=dict(seed=0)),
-    ))
+    c.base = demo_base()  # the demo's dataset, frozen VAE and vocoder, and LDM recipe
     c.axes = (("ldm.objective", ("diffusion", "flow", "bridge")),)
     c.seeds = [0, 1]
     c.eval = ml_collections.ConfigDict(dict(

@@ -12,20 +12,15 @@ same held-out clips at 2/4/8/12 kHz with DDIM (η=1) and DPM-Solver++(2M) at sev
 
 import ml_collections
 
+from audiosr_jax.configs.ablations import demo_base
+
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = "schedule_x_param"
     c.description = ("LDM noise schedule × parameterisation at tiny width on the offline corpus (frozen demo "
                      "VAE and vocoder).")
-    c.base = ml_collections.ConfigDict(dict(
-        workdir="out/demo",  # the demo's workdir: its dataset, VAE and vocoder (trained there by its recipe if missing)
-        corpus="",           # an existing corpus folder ("" = build one with data/build_corpus.py)
-        cache="out/corpus_cache", minutes=20.0,
-        # LDM training shared by every cell (the demo's recipe)
-        ldm=dict(train=dict(total_steps=400, batch_size=4, eval_batch_size=4, eval_every=250, save_every=100),
-                 data=dict(seed=0)),
-    ))
+    c.base = demo_base()  # the demo's dataset, frozen VAE and vocoder, and LDM recipe
     # (dotted config key, values): the cells are the product of the axes, times the seeds
     c.axes = (("ldm.schedule", ("cosine", "scaled_linear", "scaled_linear_zero_snr")), ("ldm.parameterization", ("v", "eps")))
     c.seeds = [0, 1]  # training seeds (initialisation, noise, condition dropout); the data order is fixed
