@@ -63,6 +63,16 @@ def _child(mode: str, dataset: str, out: str, worker_count: int) -> None:
     from audiosr_jax.data.loader import make_loader
     from audiosr_jax.data.segments import open_split
 
+    if mode == "interleaved":
+        # batch over (data, fsdp) with the process as the inner axis: each process holds every other block of rows
+        mesh = Mesh(np.asarray(jax.devices()).reshape(2, 2).T, ("data", "fsdp"))
+        loader = make_loader(open_split(dataset, "train"), _loader_config(None, 0), mesh, ("data", "fsdp"))
+        from jax.experimental import multihost_utils
+
+        rows = [multihost_utils.process_allgather(loader.to_global(loader.next_local())["index"], tiled=True)
+                for _ in range(3)]
+        Path(out, f"{mode}-{jax.process_index()}.json").write_text(json.dumps([r.tolist() for r in rows]))
+        return
     mesh = Mesh(np.asarray(jax.devices()), ("data",))
     loader = make_loader(open_split(dataset, "train"), _loader_config(1 if mode == "epoch" else None, worker_count),
                          mesh, ("data",))
@@ -154,6 +164,17 @@ def test_iterator_state_restored_in_fresh_processes_continues_the_same_batches(d
     assert {row["epoch"] for p in range(2) for batch in resumed[p] for row in batch} == {0, 1}
     assert sorted(f.name for f in (tmp_path / "checkpoints" / str(SAVE_AT) / "data_iter").iterdir()
                   if f.name.endswith(".json")) == ["process_0-of-2.json", "process_1-of-2.json"]
+
+
+def test_a_mesh_that_interleaves_processes_along_the_batch_gives_the_one_process_rows(dataset, tmp_path):
+    """data × fsdp with the process innermost (as `mesh` data × `mesh_dcn` fsdp): each process reads the blocks
+    its devices hold, and the assembled global batch is the stream in order, as in one process."""
+    from audiosr_jax.data.segments import open_split
+
+    order = _shuffled_order(len(open_split(str(dataset), "train")))
+    seen = _launch("interleaved", dataset, tmp_path)
+    assert seen[0] == seen[1]  # both processes see the same global arrays
+    assert seen[0] == [order[s * GLOBAL_BATCH:(s + 1) * GLOBAL_BATCH] for s in range(3)]
 
 
 if __name__ == "__main__":  # a process of the launched job: MODE DATASET OUT WORKERS
