@@ -315,6 +315,11 @@ def test_distill_trains_through_the_loop_and_reaches_the_last_round(uninterrupte
     assert [DistillStage.exported_sampling(saved, s).get("steps") for s in (0, 1, 2, 3)] == [None, 4, 4, 2]
     assert saved["ldm"]["parameterization"] == "v" and saved["ldm"]["scale_factor"] > 0
     assert saved["ldm"]["vae_from"] == str(tiny_checkpoint_dir)
+    # the student is a teacher in its turn (a 4 → 2 → 1 chain): its EMA weights and its diffusion settings
+    student, info = read_teacher(str(wd))
+    assert info["stage"] == "distill" and info["diffusion"].parameterization == "v"
+    assert info["vae_from"] == str(tiny_checkpoint_dir) and info["scale_factor"] == saved["ldm"]["scale_factor"]
+    assert _equal(student, _saved(wd, 4, "ema")["unet"]) and not _equal(student, s4["unet"])
 
 
 def test_resume_mid_round_equals_uninterrupted(dataset, tiny_checkpoint_dir, uninterrupted, tmp_path, caplog):

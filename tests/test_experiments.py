@@ -217,9 +217,10 @@ def test_settings_limited_to_some_cells_are_scored_only_there_and_compared_on_co
 
 
 def test_students_are_distilled_from_their_teacher_cells_and_compared_with_them(tmp_path):
-    """The objectives grid's students: one per diffusion cell and step count, with valid distill overrides
-    (the teacher cell's LDM run, the whole round schedule); a finished student is not rerun; the report puts
-    each student in the tables at its own setting and compares it paired with its own teacher."""
+    """The objectives grid's students: one per diffusion cell and step count, distilled as a chain (4 from the
+    teacher cell's LDM run, 2 from 4, 1 from 2; valid distill overrides with each link's round schedule, trained
+    in that order); a finished student is not rerun; the report puts each student in the tables at its own
+    setting and compares it paired with its own teacher."""
     from audiosr_jax.configs.ablations.objectives import get_config
     from audiosr_jax.diffusion.progressive import num_rounds
 
@@ -229,11 +230,36 @@ def test_students_are_distilled_from_their_teacher_cells_and_compared_with_them(
     assert [(s["teacher"]["name"], s["steps"]) for s in students] == [(t["name"], n) for t in teachers for n in (1, 2, 4)]
     assert len({s["dir"] for s in students} | {c["dir"] for c in ablation.cells(grid)}) == len(students) + 6
     prepared = {"dataset": tmp_path / "ds", "base": tmp_path / "base"}
-    o = ablation.distill_overrides(grid, students[1], tmp_path, prepared)
-    cfg = ex.stage_config("distill", o)  # every key is a real config key
-    assert cfg.distill.teacher == str(tmp_path / "cells" / teachers[0]["dir"] / "ldm") and cfg.distill.student_steps == 2
-    assert cfg.train.total_steps == num_rounds(64, 2) * 100 == 500 and cfg.train.seed == 0
+    s1, s2, s4 = students[:3]
+    # a chain: the 4-step student from the teacher cell (guidance baked in), 2 from 4, 1 from 2
+    cfg = ex.stage_config("distill", ablation.distill_overrides(grid, s4, tmp_path, prepared))  # real keys only
+    assert cfg.distill.teacher == str(tmp_path / "cells" / teachers[0]["dir"] / "ldm") and cfg.distill.student_steps == 4
+    assert cfg.distill.teacher_steps == 64 and cfg.distill.guidance == 3.5
+    assert cfg.train.total_steps == num_rounds(64, 4) * 100 == 400 and cfg.train.seed == 0
     assert cfg.ldm.vae_from == str(tmp_path / "base" / "vae")
+    for student, parent in ((s2, s4), (s1, s2)):
+        cfg = ex.stage_config("distill", ablation.distill_overrides(grid, student, tmp_path, prepared))
+        assert cfg.distill.teacher == str(tmp_path / "cells" / parent["dir"] / "distill")
+        assert (cfg.distill.teacher_steps, cfg.distill.student_steps) == (parent["steps"], student["steps"])
+        assert cfg.distill.guidance == 1.0 and cfg.train.total_steps == 100 and cfg.train.seed == 0
+
+    calls = []
+
+    def fake_train_stage(stage, wd, overrides, say=None):
+        calls.append((stage, Path(wd).relative_to(tmp_path / "cells").as_posix(), overrides.get("distill.teacher")))
+        if stage == "distill" and "student1" in str(wd):
+            raise StopIteration  # the chain has been trained in order; stop before export
+        return {}
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ex, "train_stage", fake_train_stage)
+        with pytest.raises(StopIteration):
+            ablation.run_student(grid, s1, tmp_path, prepared)
+    t = teachers[0]["dir"]
+    assert calls == [("ldm", f"{t}/ldm", None),
+                     ("distill", f"{t}-student4/distill", str(tmp_path / "cells" / t / "ldm")),
+                     ("distill", f"{t}-student2/distill", str(tmp_path / "cells" / f"{t}-student4" / "distill")),
+                     ("distill", f"{t}-student1/distill", str(tmp_path / "cells" / f"{t}-student2" / "distill"))]
 
     def write(cell, setting_keys, offset):
         files = [{"output": f"lp{k}000/clip{i}.wav", "cutoff_bucket_khz": float(k), "lsd": 2.0 + offset + i / 100,

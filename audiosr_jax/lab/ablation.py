@@ -20,7 +20,10 @@ A grid config (``audiosr_jax/configs/ablations/*.py``) holds:
   step counts) and ``distill`` (overrides of ``configs/distill.py:tiny``, e.g. ``teacher_steps``,
   ``steps_per_round``): every teacher cell is distilled (progressive distillation, the distill stage) into one
   student per step count, scored at its own sampling (``ddim_progressive``, guidance 1), and compared paired
-  with its teacher at ``compare_to`` (a setting key).
+  with its teacher at ``compare_to`` (a setting key). The students of one teacher form a chain: the largest
+  step count is distilled from the teacher cell, each smaller one from the next larger student (its guidance
+  already baked in; ``teacher_steps`` = that student's steps), so 4-, 2- and 1-step students cost the rounds of
+  the 1-step student alone.
 
 Each cell lives in ``<workdir>/cells/<cell>/`` (``ldm/`` training run, ``checkpoint/`` export,
 ``outputs/<sampler>-<steps>/`` audio, ``results.json``). A cell whose ``results.json`` has every evaluation
@@ -202,17 +205,22 @@ def student_cells(grid: Any) -> list[dict]:
     out = []
     for cell in cells(grid):
         if all(cell["axes"].get(k) == v for k, v in match.items()):
-            for n in spec.steps:
+            chain = {}
+            for n in sorted({int(n) for n in spec.steps}, reverse=True):
                 base = ",".join(f"{_short(k)}={v}" for k, v in cell["axes"].items())
-                out.append({"name": f"{base},student={n},seed={cell['seed']}", "dir": f"{cell['dir']}-student{n}",
-                            "teacher": cell, "steps": int(n), "axes": {**cell["axes"], "student": int(n)},
-                            "seed": cell["seed"], "overrides": {"train.seed": cell["seed"]}})
+                chain[n] = {"name": f"{base},student={n},seed={cell['seed']}", "dir": f"{cell['dir']}-student{n}",
+                            "teacher": cell, "steps": n, "axes": {**cell["axes"], "student": n},
+                            "seed": cell["seed"], "overrides": {"train.seed": cell["seed"]},
+                            "from": chain[min(chain)] if chain else None}
+            out += [chain[int(n)] for n in spec.steps]
     return out
 
 
 def distill_overrides(grid: Any, student: dict, workdir: Path, prepared: dict) -> dict:
-    """The distill stage's overrides for ``student``: the grid's ``students.distill``, the teacher cell's LDM
-    run, the student's step count, the shared dataset and VAE, the teacher's seed, and the whole schedule."""
+    """The distill stage's overrides for ``student``: the grid's ``students.distill``, its teacher (the teacher
+    cell's LDM run, or the next larger student's distill run: then ``teacher_steps`` is that student's steps and
+    the guidance 1, as it is baked in), the student's step count, the shared dataset and VAE, the teacher's seed,
+    and the whole schedule."""
     from audiosr_jax.configs import distill as distill_config
     from audiosr_jax.diffusion.progressive import num_rounds
 
@@ -220,8 +228,13 @@ def distill_overrides(grid: Any, student: dict, workdir: Path, prepared: dict) -
     o = {f"distill.{k}": v for k, v in _flatten(spec.get("distill", {}).to_dict()
                                                 if hasattr(spec.get("distill", {}), "to_dict")
                                                 else dict(spec.get("distill", {}))).items()}
-    o.update({"distill.teacher": str(workdir / "cells" / student["teacher"]["dir"] / "ldm"),
-              "distill.student_steps": student["steps"], "data.dataset_dir": str(prepared["dataset"]),
+    parent = student.get("from")
+    if parent is not None:
+        o.update({"distill.teacher": str(workdir / "cells" / parent["dir"] / "distill"),
+                  "distill.teacher_steps": parent["steps"], "distill.guidance": 1.0})
+    else:
+        o["distill.teacher"] = str(workdir / "cells" / student["teacher"]["dir"] / "ldm")
+    o.update({"distill.student_steps": student["steps"], "data.dataset_dir": str(prepared["dataset"]),
               "ldm.vae_from": str(prepared["base"] / "vae"), **student["overrides"]})
     d = distill_config.get_config("tiny").distill
     teacher_steps = int(o.get("distill.teacher_steps", d.teacher_steps))
@@ -242,21 +255,34 @@ def run_student(grid: Any, student: dict, workdir: Path, prepared: dict) -> dict
     if s["key"] in results.get("evals", {}):
         log(f"{student['name']}: done, skipped")
         return results
-    teacher = student["teacher"]
-    ex.train_stage("ldm", workdir / "cells" / teacher["dir"] / "ldm", ldm_overrides(grid, teacher, prepared), say=log)
+    _train_teacher(grid, student, workdir, prepared)
     t0 = time.perf_counter()
     last = ex.train_stage("distill", cdir / "distill", distill_overrides(grid, student, workdir, prepared), say=log)
     ckpt = cdir / "checkpoint"
     if not (ckpt / "architecture.json").is_file():
         base = prepared["base"]
         export_weights(str(base / "vae"), str(cdir / "distill"), str(base / "vocoder"), str(ckpt), use_ema=True)
-    results.setdefault("cell", {k: v for k, v in student.items() if k != "teacher"})
+    results.setdefault("cell", {k: v for k, v in student.items() if k not in ("teacher", "from")})
     results.setdefault("evals", {})
     if last:
         results["train"] = {"seconds": time.perf_counter() - t0,
                             **{k: v for k, v in last.items() if isinstance(v, (int, float))}}
     _evaluate(grid, student["name"], cdir, ckpt, s, prepared, results)
     return results
+
+
+def _train_teacher(grid: Any, student: dict, workdir: Path, prepared: dict) -> None:
+    """Train what ``student`` distils from: its LDM cell, or the larger students of its chain, in order (each
+    run skipped when finished)."""
+    parent = student.get("from")
+    if parent is None:
+        teacher = student["teacher"]
+        ex.train_stage("ldm", workdir / "cells" / teacher["dir"] / "ldm", ldm_overrides(grid, teacher, prepared),
+                       say=log)
+        return
+    _train_teacher(grid, parent, workdir, prepared)
+    ex.train_stage("distill", workdir / "cells" / parent["dir"] / "distill",
+                   distill_overrides(grid, parent, workdir, prepared), say=log)
 
 
 def _mean_over_files(files: list[dict]) -> dict:

@@ -16,9 +16,10 @@ and with its own: AudioSR's DDIM (η = 1) at 10 and 50 steps for diffusion, ``mi
 (2, 4, 10 NFE) for flow and bridge (``only`` in the sampler entries). Every cell: the same data order, frozen
 tiny VAE and vocoder, training budget; scored on the same held-out clips at 2/4/8/12 kHz.
 
-Students: each cosine/v (diffusion) cell is also distilled into 1-, 2- and 4-step students (progressive
-distillation from a 64-step teacher grid with its guidance baked in, 100 steps per round; the distill stage)
-and each student is compared paired with its own teacher at DDIM 50.
+Students: each cosine/v (diffusion) cell is also distilled into 4-, 2- and 1-step students (the distill stage:
+progressive distillation, 100 steps per round; the 4-step student from the cell's 64-step grid with its guidance
+baked in, in 4 rounds, then 2 from 4 and 1 from 2, one round each) and each student is compared paired with
+its own teacher at DDIM 50.
 """
 
 import ml_collections
