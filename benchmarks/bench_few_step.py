@@ -1,15 +1,17 @@
 """Few-step super-resolution speed: seconds per 5.12 s window at 1–4 network evaluations (flow-objective
-weights, Euler / Heun on the flow ODE) and at DDIM 10, beside the reference's DDIM 50, in one run; and the
-share of each window's time left in the VAE and the vocoder once the UNet runs only a few times.
+weights, Euler / Heun on the flow ODE; distilled students on their progressive DDIM grid, guidance baked in)
+and at DDIM 10, beside the reference's DDIM 50, in one run; and the share of each window's time left in the
+VAE and the vocoder once the UNet runs only a few times.
 
     python benchmarks/bench_few_step.py --width full                  # the reference first, then ours
     python benchmarks/bench_few_step.py --width tiny --no-reference   # a quick check
 
 Both sides use synthetic weights of the same architecture on the same 3 s clip padded to 5.12 s (see
-bench_stages.py, whose stage programs this reuses); guidance 3.5, one window per batch. Speed does not depend
-on what the weights learnt: a flow-objective model is the released UNet with `DiffusionConfig(objective=
-"flow")`, so these are the speeds of any trained few-step model of this architecture. Whether a setting is of
-equal quality is a separate question, answered by the objectives ablation (reports/ablations/).
+bench_stages.py, whose stage programs this reuses); guidance 3.5 (students: 1), one window per batch. Speed
+does not depend on what the weights learnt: a flow-objective model is the released UNet with
+`DiffusionConfig(objective="flow")`, so these are the speeds of any trained few-step model of this
+architecture. Whether a setting is of equal quality is a separate question, answered by the objectives
+ablation (reports/ablations/).
 """
 
 from __future__ import annotations
@@ -25,10 +27,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_stages  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# (label, objective, sampler, steps)
-SETTINGS = [("flow Euler 1", "flow", "euler", 1), ("flow Euler 2", "flow", "euler", 2),
-            ("flow Heun 2 (3 calls)", "flow", "heun", 2), ("flow Euler 4", "flow", "euler", 4),
-            ("DDIM 10 (AudioSR's objective)", "diffusion", "ddim", 10)]
+# (label, objective, sampler, steps, guidance). A distilled student has the guidance baked in: it samples at
+# guidance 1, one single-batch UNet call per step instead of a guided pair.
+SETTINGS = [("flow Euler 1", "flow", "euler", 1, 3.5), ("flow Euler 2", "flow", "euler", 2, 3.5),
+            ("flow Heun 2 (3 calls)", "flow", "heun", 2, 3.5), ("flow Euler 4", "flow", "euler", 4, 3.5),
+            ("distilled student, 1 step", "diffusion", "ddim_progressive", 1, 1.0),
+            ("distilled student, 2 steps", "diffusion", "ddim_progressive", 2, 1.0),
+            ("distilled student, 4 steps", "diffusion", "ddim_progressive", 4, 1.0),
+            ("DDIM 10 (AudioSR's objective)", "diffusion", "ddim", 10, 3.5)]
 
 
 def run_ours(width: str, settings, repeats: int) -> dict:
@@ -50,9 +56,9 @@ def run_ours(width: str, settings, repeats: int) -> dict:
             out["stages"][key] = bench_stages.timed(built["stages"][key].run, repeats)[1]
             print(f"[ours] {key:14s} {out['stages'][key]:8.3f} s", file=sys.stderr, flush=True)
         base, wave, info = built["weights"], built["wave"], built["info"]
-        for label, objective, sampler, steps in settings:
+        for label, objective, sampler, steps, guidance in settings:
             weights = dataclasses.replace(base, diffusion=DiffusionConfig(objective=objective))
-            options = SamplingOptions(steps=steps, guidance=3.5, eta=0.0, sampler=sampler)
+            options = SamplingOptions(steps=steps, guidance=guidance, eta=0.0, sampler=sampler)
             noise = draw_noise(item_keys(42, [0], [0]), built["latent"], num_sampler_steps(options, weights))
             first, best = bench_stages.timed(lambda: super_resolve_waveform(weights, wave, info, options, noise=noise)[0],
                                    repeats)
@@ -95,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     ref = None if args.no_reference or args.width == "tiny" else bench_stages.run_reference(args.width, 50,
                                                                                             args.refenv)
     ours = run_ours(args.width, SETTINGS, args.repeats)
-    print(f"\nwidth={args.width}, guidance 3.5, one 5.12 s window per batch, load average {os.getloadavg()[0]:.1f}")
+    print(f"\nwidth={args.width}, guidance 3.5 (students 1), one 5.12 s window per batch, load average {os.getloadavg()[0]:.1f}")
     print(table(ours, ref), flush=True)
     if args.json:
         with open(args.json, "w") as f:

@@ -18,8 +18,9 @@ def test_every_setting_is_accepted_for_its_objective():
     from audiosr_jax.diffusion import sampling
     from audiosr_jax.diffusion.config import DiffusionConfig
 
-    for _, objective, sampler, steps in bf.SETTINGS:
+    for _, objective, sampler, steps, guidance in bf.SETTINGS:
         sampling.check_options(DiffusionConfig(objective=objective), sampler, steps)  # raises if refused
+        assert guidance == (1.0 if sampler == "ddim_progressive" else 3.5)  # a student's guidance is baked in
 
 
 def test_table_ratios_and_shares():
