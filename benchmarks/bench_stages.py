@@ -75,12 +75,26 @@ class StageProgram:
         return self.python() if self.python is not None else self.fn(*self.args)
 
 
+def move_to_device(tree: dict) -> None:
+    """Replace every leaf of the nested dict ``tree`` by a device array, in place and one leaf at a time (so
+    the host copy of each is freed before the next moves and the peak memory does not grow). The weights
+    then stay on the device, as in the batch runner: host numpy weights would be copied to the device at
+    every call (0.12 s of a full-width UNet call on the 2-core CPU)."""
+    import jax
+
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            move_to_device(value)
+        else:
+            tree[key] = jax.block_until_ready(jax.device_put(value))
+
+
 def build_stages(width: str, workdir: str) -> dict:
     """Build our stages at `width` ("tiny", "reduced" or "full", synthetic weights) on the 3 s parity clip
     written under `workdir` (which must outlive the returned programs).
 
-    Returns {"stages": {key: StageProgram}, "weights": AudioSRWeights, "wave": [C, N], "info": dict,
-    "latent": (h, w, c), "build_s": seconds to build the weights}. Keys, in pipeline order: frontend,
+    Returns {"stages": {key: StageProgram}, "weights": AudioSRWeights (params on the device), "wave": [C, N],
+    "info": dict, "latent": (h, w, c), "build_s": seconds to build the weights}. Keys, in pipeline order: frontend,
     vae_encode, unet, unet_cfg_pair, vae_decode, vocoder, postprocess (the STFT low-band replacement and the
     output normalisation, on noise of the vocoder output's shape).
     """
@@ -101,6 +115,7 @@ def build_stages(width: str, workdir: str) -> dict:
 
     t0 = time.perf_counter()
     weights, _ = convert_state_dict(synthetic_torch_checkpoint(width), origin=f"synthetic-{width}")
+    move_to_device(weights.params)
     build_s = time.perf_counter() - t0
     clip = os.path.join(workdir, "clip.wav")
     sf.write(clip, parity_clip(48000, 3.0), 48000, subtype="FLOAT")

@@ -36,3 +36,18 @@ def test_table_ratios_and_shares():
     assert "–" in bf.table(ours, None).splitlines()[1]
     with pytest.raises(KeyError):
         bf.table({"stages": {}, "settings": []}, None)
+
+
+def test_benchmark_weights_move_to_the_device_in_place():
+    """bench_stages.move_to_device: every leaf of the nested params becomes a device array with the same
+    values, in the same dict objects (so the host copies are dropped as it goes)."""
+    import jax
+    import numpy as np
+
+    inner = {"kernel": np.arange(6, dtype=np.float32).reshape(2, 3), "bias": np.ones(3, np.float32)}
+    tree = {"unet": {"block": inner}, "scale": np.float32(0.5)}
+    bf.bench_stages.move_to_device(tree)
+    assert tree["unet"]["block"] is inner  # in place
+    assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(tree))
+    np.testing.assert_array_equal(np.asarray(inner["kernel"]), np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert float(tree["scale"]) == 0.5
