@@ -161,7 +161,8 @@ def test_report_has_paired_differences_against_the_first_cell(grid, tmp_path):
     _fake_results(grid, cells[1], tmp_path, 0.5)  # every file 0.5 better in LSD
     md = ablation.write_report(grid, tmp_path, ablation.collect(grid, tmp_path)).read_text()
     paired = md.split("## Paired differences")[1]
-    assert f"| {cells[1]['name']} | -0.500 ± 0.000 | -0.500 ± 0.000 | +0.000 ± 0.000 | 12/12 |" in paired
+    assert (f"| {cells[1]['name']} (vs {cells[0]['name']}) | -0.500 ± 0.000 | -0.500 ± 0.000 | +0.000 ± 0.000 "
+            "| 12/12 |") in paired
 
 
 def test_seed_replicates_pool_into_mean_and_spread(grid, tmp_path):
@@ -204,11 +205,24 @@ def test_settings_limited_to_some_cells_are_scored_only_there_and_compared_on_co
         res = ablation.run_cell(grid, cell, tmp_path, {"dataset": None, "base": None, "inputs": None,
                                                         "references": None})
         assert set(res["evals"]) == scored[objective]
+    # seed 1's diffusion and flow cells: paired with each other, never with seed 0's cells
+    seed1 = {c["axes"]["ldm.objective"]: c for c in ablation.cells(grid) if c["seed"] == 1}
+    for objective, lsd in (("diffusion", 1.5), ("flow", 1.55)):
+        files = [{"output": f"lp{k}000/clip{i}.wav", "cutoff_bucket_khz": float(k), "lsd": lsd + i / 100,
+                  "lsd_hf": 2.0, "lsd_lf": 0.2, "si_sdr": 3.0, "input_lsd": 4.0, "input_lsd_hf": 6.0}
+                 for k in (4, 8) for i in range(2)]
+        path = tmp_path / "cells" / seed1[objective]["dir"] / "results.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"cell": seed1[objective], "evals": {
+            k: {**s, "seconds": 1.0, "per_cutoff": [], "files": files} for k, s in settings.items()
+            if k in scored[objective]}}))
     md = ablation.write_report(grid, tmp_path, ablation.collect(grid, tmp_path)).read_text()
-    paired = md.split("## Paired differences against the first cell (")[1:]
+    paired = md.split("## Paired differences against the first cell of the same seed (")[1:]
     assert sorted(p.split(")")[0] for p in paired) == sorted(common)
-    flow_row = next(line for line in paired[0].splitlines() if line.startswith(f"| {by_objective['flow']['name']} |"))
-    assert "| +0.100 ± 0.000 |" in flow_row
+    rows = {line.split(" (vs ")[0][2:]: line for line in paired[0].splitlines() if line.startswith("| objective=")}
+    assert set(rows) == {by_objective["flow"]["name"], by_objective["bridge"]["name"], seed1["flow"]["name"]}
+    assert f"(vs {by_objective['diffusion']['name']}) | +0.100 ± 0.000 |" in rows[by_objective["flow"]["name"]]
+    assert f"(vs {seed1['diffusion']['name']}) | +0.050 ± 0.000 |" in rows[seed1["flow"]["name"]]
     lsd_table = md.split("## LSD (")[1].split("##")[0]
     header = next(line for line in lsd_table.splitlines() if line.startswith("| cell |")) + " "
     assert header.index("euler-1 ") < header.index("midpoint-1 ") < header.index("ddim-eta1-50")  # by NFE

@@ -374,10 +374,10 @@ def write_report(grid: Any, workdir: Path, rows: list[dict]) -> Path:
                 cellv.append(_fmt(v))
             lines.append(f"| {g} | " + " | ".join(cellv) + " |")
     for key in common:
-        lines += ["", f"## Paired differences against the first cell ({key})", "",
+        lines += ["", f"## Paired differences against the first cell of the same seed ({key})", "",
                   "Same clips, cutoffs and sampler noise in every cell, so each file gives a paired difference "
-                  "(cell − first cell; negative LSD is better). Mean ± standard error over files, and how many "
-                  "files the cell improves.", ""]
+                  "against the grid's first cell trained with the same seed (cell − that cell; negative LSD is "
+                  "better). Mean ± standard error over files, and how many files the cell improves.", ""]
         lines += _paired_table(grid, workdir, key)
     if students:
         lines += ["", f"## Distilled students against their teacher ({grid.students.compare_to})", "",
@@ -414,12 +414,18 @@ def _paired_line(name: str, files: dict, ref: dict) -> str:
 
 
 def _paired_table(grid: Any, workdir: Path, setting: str) -> list[str]:
-    per_cell = [(c["name"], f) for c in cells(grid) if (f := _files(workdir, c, setting))]
-    if len(per_cell) < 2:
-        return ["(needs two finished cells)"]
-    ref_name, ref = per_cell[0]
-    out = [f"| cell (vs {ref_name}) | ΔLSD | ΔLSD-HF | ΔSI-SDR (dB) | files better (LSD) |", "|---|---|---|---|---|"]
-    return out + [_paired_line(name, files, ref) for name, files in per_cell[1:]]
+    """Each finished cell against the first finished cell of its seed (so a difference never mixes training
+    seeds); seeds with a single finished cell give no row."""
+    by_seed: dict[int, list] = {}
+    for c in cells(grid):
+        if f := _files(workdir, c, setting):
+            by_seed.setdefault(c["seed"], []).append((c["name"], f))
+    rows = [_paired_line(f"{name} (vs {group[0][0]})", files, group[0][1])
+            for group in by_seed.values() for name, files in group[1:]]
+    if not rows:
+        return ["(needs two finished cells of one seed)"]
+    return ["| cell (vs the first cell of its seed) | ΔLSD | ΔLSD-HF | ΔSI-SDR (dB) | files better (LSD) |",
+            "|---|---|---|---|---|"] + rows
 
 
 def _student_table(grid: Any, workdir: Path, students: list[dict]) -> list[str]:
@@ -517,7 +523,11 @@ def run(grid: Any, workdir: Path, only_cell: str | None = None, report_only: boo
                 run_student(grid, student, workdir, prepared)
     rows = collect(grid, workdir)
     md = write_report(grid, workdir, rows)
-    log(f"report: {md} ({len({r['cell'] for r in rows})}/{len(grid_cells)} cells finished)")
+    done = {r["cell"] for r in rows}
+    students = student_cells(grid)
+    log(f"report: {md} ({len(done & {c['name'] for c in grid_cells})}/{len(grid_cells)} cells"
+        + (f", {len(done & {s['name'] for s in students})}/{len(students)} students" if students else "")
+        + " finished)")
     return md
 
 
