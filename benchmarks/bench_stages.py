@@ -1,6 +1,7 @@
 """Time each inference stage of audiosr-jax and of the PyTorch reference on the same machine, in one run.
 
     python benchmarks/bench_stages.py --width full --steps 50          # both, side by side, with ratios
+    python benchmarks/bench_stages.py --width full --steps 50 --rounds 3   # alternating, medians
     python benchmarks/bench_stages.py --width reduced --no-reference   # ours only
 
 The reference runs first, in its own venv (tools/reference/build_venv.sh; `--refenv`), as a subprocess
@@ -8,7 +9,9 @@ The reference runs first, in its own venv (tools/reference/build_venv.sh; `--ref
 Both use synthetic weights of the same architecture and the same 3 s clip (padded to 5.12 s: a 512×256 mel,
 a 64×32 latent). Our single-stage figures are steady-state (after one compiling call, reported apart);
 "sampling" is the whole `super_resolve_waveform` (low-pass prep, encode, S DDIM steps with guidance,
-decode, vocoder, post-processing) against the reference's `generate_batch`.
+decode, vocoder, post-processing) against the reference's `generate_batch`. With `--rounds N` the two take
+turns N times (ours on the same compiled programs) and the table gives medians and the range of the
+per-round ratios: on a shared machine the reference's times drift by up to 2× between runs.
 """
 
 from __future__ import annotations
@@ -159,9 +162,11 @@ def build_stages(width: str, workdir: str) -> dict:
             "build_s": build_s}
 
 
-def run_ours(width: str, steps: int) -> dict:
+def run_ours(width: str, steps: int, rounds: int = 1, before_round: Callable[[int], None] | None = None) -> list[dict]:
     """Time our stages (steady state after one compiling call) and the whole `super_resolve_waveform` with
-    `steps` DDIM steps. Returns {"<stage>_s", "<stage>_first_s", "sampling_s", "peak_rss_gb", ...}."""
+    `steps` DDIM steps, `rounds` times on the same compiled programs, calling `before_round(r)` first (the
+    reference's turn, so the two alternate). Returns one dict per round: {"<stage>_s", "sampling_s",
+    "peak_rss_gb", "loadavg", ...; round 0 also "<stage>_first_s" (compile + first call)}."""
     t_import = time.perf_counter()
     import jax
 
@@ -173,21 +178,28 @@ def run_ours(width: str, steps: int) -> dict:
         super_resolve_waveform,
     )
 
-    res: dict = {"import_s": time.perf_counter() - t_import, "jax_devices": str(jax.devices())}
+    common: dict = {"import_s": time.perf_counter() - t_import, "jax_devices": str(jax.devices())}
+    out = []
     with tempfile.TemporaryDirectory() as tmp:
         built = build_stages(width, tmp)
-        res["build_s"] = built["build_s"]
-        for key, stage in built["stages"].items():
-            if key != "postprocess":
-                res[f"{key}_first_s"], res[f"{key}_s"] = timed(stage.run)
-    weights, wave, info = built["weights"], built["wave"], built["info"]
-    options = SamplingOptions(steps=steps, guidance=3.5, eta=1.0)
-    noise = draw_noise(item_keys(42, [0], [0]), built["latent"], num_sampler_steps(options))
-    res["sampling_first_s"], res["sampling_s"] = timed(
-        lambda: super_resolve_waveform(weights, wave, info, options, noise=noise)[0], repeats=1)
-    res["sampling_steps"] = steps
-    res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-    return res
+        common["build_s"] = built["build_s"]
+        weights, wave, info = built["weights"], built["wave"], built["info"]
+        options = SamplingOptions(steps=steps, guidance=3.5, eta=1.0)
+        noise = draw_noise(item_keys(42, [0], [0]), built["latent"], num_sampler_steps(options))
+        programs = {key: stage.run for key, stage in built["stages"].items() if key != "postprocess"}
+        programs["sampling"] = lambda: super_resolve_waveform(weights, wave, info, options, noise=noise)[0]
+        for r in range(rounds):
+            if before_round is not None:
+                before_round(r)
+            res = dict(common, round=r, sampling_steps=steps)
+            for key, fn in programs.items():
+                first, res[f"{key}_s"] = timed(fn, repeats=1 if key == "sampling" else 2)
+                if r == 0:
+                    res[f"{key}_first_s"] = first
+            res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+            res["loadavg"] = os.getloadavg()[0]
+            out.append(res)
+    return out
 
 
 ROWS = [("front-end incl. low-pass", "frontend_s", "frontend_s"),
@@ -200,30 +212,68 @@ ROWS = [("front-end incl. low-pass", "frontend_s", "frontend_s"),
         ("peak RSS (GB)", "peak_rss_gb", "peak_rss_gb")]
 
 
-def main() -> int:
+def summarise(refs: list[dict], ours: list[dict]) -> list[dict]:
+    """Per row of ROWS: {"name", "reference", "ours" (medians over rounds; None where absent), "ratio"
+    (reference / ours of the medians), "ratio_min", "ratio_max" (over rounds, each round's reference against
+    the same round's ours)}. The reference's guidance pair is 2 × its single UNet call."""
+    import statistics
+
+    def med(values):
+        values = [v for v in values if v is not None]
+        return statistics.median(values) if values else None
+
+    out = []
+    for name, k_ours, k_ref in ROWS:
+        if k_ref is None:  # the guidance pair: the reference makes two UNet calls
+            rv = [2 * r["unet_s"] if r.get("unet_s") else None for r in refs]
+        else:
+            rv = [r.get(k_ref) for r in refs]
+        ov = [o.get(k_ours) for o in ours]
+        per_round = [a / b for a, b in zip(rv, ov) if a and b]
+        r_med, o_med = med(rv), med(ov)
+        out.append({"name": name, "reference": r_med, "ours": o_med,
+                    "ratio": r_med / o_med if r_med and o_med else None,
+                    "ratio_min": min(per_round) if per_round else None,
+                    "ratio_max": max(per_round) if per_round else None})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--width", choices=["tiny", "reduced", "full"], default="reduced")
     ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="reference then ours, this many times (medians; per-round ratios show the drift)")
     ap.add_argument("--refenv", default=os.path.join(REPO, ".refenv"))
     ap.add_argument("--no-reference", action="store_true")
-    ap.add_argument("--json", help="write both result dicts here")
-    args = ap.parse_args()
-    ref = None if args.no_reference or args.width == "tiny" else run_reference(args.width, args.steps, args.refenv)
-    ours = run_ours(args.width, args.steps)
-    if ref is not None and ref.get("unet_s"):
-        ref["unet_cfg_pair_s"] = 2 * ref["unet_s"]
-    print(f"\nwidth={args.width}, sampling steps={args.steps}, guidance 3.5, 5.12 s clip; {ours['jax_devices']}")
-    print(f"{'stage':58s} {'reference':>10s} {'audiosr-jax':>12s} {'ratio':>7s}")
-    for name, k_ours, k_ref in ROWS:
-        r = ref.get(k_ref or k_ours) if ref else None
-        o = ours.get(k_ours)
-        ratio = f"{r / o:6.2f}x" if r and o else ""
-        print(f"{name:58s} {r if r is not None else float('nan'):10.3f} {o:12.3f} {ratio:>7s}")
+    ap.add_argument("--json", help="write every round of both sides and the summary here")
+    args = ap.parse_args(argv)
+    use_ref = not args.no_reference and args.width != "tiny"
+    refs: list[dict] = []
+
+    def reference_turn(r: int) -> None:
+        if use_ref and (ref := run_reference(args.width, args.steps, args.refenv)) is not None:
+            refs.append(ref)
+
+    ours = run_ours(args.width, args.steps, args.rounds, reference_turn)
+    rows = summarise(refs, ours)
+    print(f"\nwidth={args.width}, sampling steps={args.steps}, guidance 3.5, 5.12 s clip; {ours[0]['jax_devices']}; "
+          f"{len(ours)} round(s), medians")
+    print(f"{'stage':58s} {'reference':>10s} {'audiosr-jax':>12s} {'ratio':>7s} {'per round':>13s}")
+    for row in rows:
+        ref_s = f"{row['reference']:10.3f}" if row["reference"] is not None else f"{'–':>10s}"
+        ratio = f"{row['ratio']:6.2f}x" if row["ratio"] else ""
+        spread = (f"{row['ratio_min']:.2f}–{row['ratio_max']:.2f}x" if row["ratio_min"] is not None
+                  and len(ours) > 1 else "")
+        print(f"{row['name']:58s} {ref_s} {row['ours']:12.3f} {ratio:>7s} {spread:>13s}")
     print("(ratio = reference / ours; > 1 means audiosr-jax is faster or smaller)")
-    print("our compile+first-call seconds: " + ", ".join(f"{k[:-8]} {v:.1f}" for k, v in ours.items() if k.endswith("_first_s")))
+    print("our compile+first-call seconds: "
+          + ", ".join(f"{k[:-8]} {v:.1f}" for k, v in ours[0].items() if k.endswith("_first_s")))
+    print("load average per round (ours): " + ", ".join(f"{o['loadavg']:.2f}" for o in ours))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"reference": ref, "ours": ours, "width": args.width, "steps": args.steps}, f, indent=1)
+            json.dump({"reference": refs, "ours": ours, "summary": rows, "width": args.width, "steps": args.steps},
+                      f, indent=1)
     return 0
 
 

@@ -51,3 +51,23 @@ def test_benchmark_weights_move_to_the_device_in_place():
     assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(tree))
     np.testing.assert_array_equal(np.asarray(inner["kernel"]), np.arange(6, dtype=np.float32).reshape(2, 3))
     assert float(tree["scale"]) == 0.5
+
+
+def test_stage_summary_takes_medians_and_pairs_each_round():
+    """bench_stages.summarise: medians over rounds on each side, their ratio, and the range of the per-round
+    ratios (each round's reference against the same round's ours); the reference's pair is 2 UNet calls."""
+    refs = [{"unet_s": 1.0, "vocoder_s": 10.0}, {"unet_s": 3.0, "vocoder_s": 30.0}, {"unet_s": 2.0, "vocoder_s": 20.0}]
+    ours = [{"unet_s": 1.0, "unet_cfg_pair_s": 1.5, "vocoder_s": 10.0},
+            {"unet_s": 1.0, "unet_cfg_pair_s": 1.5, "vocoder_s": 10.0},
+            {"unet_s": 4.0, "unet_cfg_pair_s": 1.5, "vocoder_s": 5.0}]
+    rows = {r["name"]: r for r in bf.bench_stages.summarise(refs, ours)}
+    unet = rows["one UNet call"]
+    assert (unet["reference"], unet["ours"], unet["ratio"]) == (2.0, 1.0, 2.0)
+    assert (unet["ratio_min"], unet["ratio_max"]) == (0.5, 3.0)  # 2/4 and 3/1, round by round
+    pair = rows["UNet, CFG pair (ours: one batched call; ref: 2 calls)"]
+    assert (pair["reference"], pair["ours"]) == (4.0, 1.5)
+    voc = rows["vocoder (512 frames)"]
+    assert voc["ratio"] == 2.0 and (voc["ratio_min"], voc["ratio_max"]) == (1.0, 4.0)
+    assert rows["front-end incl. low-pass"]["ratio"] is None  # absent on both sides
+    no_ref = {r["name"]: r for r in bf.bench_stages.summarise([], ours)}
+    assert no_ref["one UNet call"]["reference"] is None and no_ref["one UNet call"]["ours"] == 1.0
