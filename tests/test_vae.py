@@ -177,7 +177,7 @@ def test_downsample_pads_bottom_right_only():
 def test_upsample_is_nearest_then_conv():
     x = np.arange(2 * 3 * 4, dtype=np.float32).reshape(1, 2, 3, 4)
     mod = Upsample()
-    params = mod.init(jax.random.PRNGKey(0), x)["params"]
+    mod.init(jax.random.PRNGKey(0), x)
     k = np.zeros((3, 3, 4, 4), np.float32)
     k[1, 1] = np.eye(4)  # identity conv exposes the interpolation
     y = mod.apply({"params": {"conv": {"kernel": k, "bias": np.zeros(4, np.float32)}}}, x)

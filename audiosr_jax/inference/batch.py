@@ -62,6 +62,7 @@ from audiosr_jax.inference.checkpoint import AudioSRWeights
 from audiosr_jax.inference.inputs import Job, share_windows
 from audiosr_jax.inference.pipeline import (
     SamplingOptions,
+    compute_params,
     draw_noise,
     item_keys,
     latent_shape,
@@ -364,7 +365,8 @@ class _Engine:
         self.batch = cfg.batch_per_device * self.mesh.devices.size
         self.replicated = NamedSharding(self.mesh, P())
         # Lazy weights (load_weights(..., lazy=True), --low-memory) run stage by stage, one network in memory.
-        self.params = jax.device_put(weights.params, self.replicated) if weights.resident else None
+        self.params = (jax.device_put(compute_params(weights.params, cfg.options), self.replicated)
+                       if weights.resident else None)
         self.steps = num_sampler_steps(cfg.options, weights)
         self.results = [FileResult(j.name, j.output or "", "pending") for j in items]
         self.outputs: list[np.ndarray | None] = [None] * len(items)

@@ -31,7 +31,7 @@ from audiosr_jax.models.unet import UNetModel
 from audiosr_jax.models.vae import AutoencoderKL, posterior_sample
 from audiosr_jax.models.vocoder import HiFiGAN
 
-__all__ = ["Noise", "SamplingOptions", "SAMPLERS", "item_keys", "draw_noise", "latent_shape", "num_sampler_steps",
+__all__ = ["Noise", "SamplingOptions", "SAMPLERS", "compute_params", "item_keys", "draw_noise", "latent_shape", "num_sampler_steps",
            "generate", "super_resolve_windows", "super_resolve_windows_low_memory", "super_resolve",
            "super_resolve_waveform", "UNCONDITIONAL_LATENT"]
 
@@ -99,6 +99,26 @@ def num_sampler_steps(options: SamplingOptions, weights: AudioSRWeights | None =
         return int(options.steps)
     num_timesteps = 1000 if weights is None else weights.diffusion.num_timesteps
     return sampling.num_noise_steps(options.sampler, options.steps, num_timesteps)
+
+
+def compute_params(params, options: SamplingOptions):
+    """The weights as the networks consume them under `options`: every kernel (a floating array of ≥ 2
+    dimensions) in the compute dtype, everything else (biases, norm scales) as it is. Returns `params` itself
+    in float32. The networks cast their kernels to the compute dtype on every call; holding them cast saves
+    converting the weights each time (in bf16 on the CPU, ~0.1 s of a 0.4 s guided UNet call) and halves
+    their memory. Works on host (numpy) and device arrays and on `jax.ShapeDtypeStruct`s alike."""
+    dtype = jnp.dtype(options.dtype)
+    if dtype == jnp.float32:
+        return params
+
+    def cast(x):
+        if not (jnp.issubdtype(x.dtype, jnp.floating) and len(x.shape) >= 2 and x.dtype != dtype):
+            return x
+        if isinstance(x, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(x.shape, dtype, sharding=x.sharding)
+        return x.astype(dtype)
+
+    return jax.tree.map(cast, params)
 
 
 def _networks(configs, options: SamplingOptions):
@@ -232,7 +252,7 @@ def _compiled_stage_cached(name, configs, options, param_shapes, arg_shapes):
 
 def _compiled_stage(name, weights: AudioSRWeights, configs, options, sharding, args):
     """The stage's XLA executable for these argument shapes, compiled from abstract weights (cached)."""
-    part = weights.abstract_part(name)
+    part = compute_params(weights.abstract_part(name), options)
     if sharding is not None:
         part = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), part)
     leaves, treedef = jax.tree.flatten(part)
@@ -258,7 +278,7 @@ def super_resolve_windows_low_memory(weights: AudioSRWeights, lowpassed: jax.Arr
         # Compile before the weights are read: compilation's transient memory never meets them.
         program = _compiled_stage(name, weights, configs, options, sharding, args)
         memory.release_free_memory()
-        params = weights.part(name, sharding)
+        params = compute_params(weights.part(name, sharding), options)
         if weights.resident and sharding is not None:
             params = jax.device_put(params, sharding)  # a no-op where they already are
         try:

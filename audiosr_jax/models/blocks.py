@@ -1,21 +1,105 @@
-"""Layers the VAE and the UNet share: a torch-compatible 2-D conv and the nearest-×2 upsampler."""
+"""Layers the VAE and the UNet share: a torch-compatible 2-D conv, a dense layer and the nearest-×2 upsampler.
+
+Both the conv and the dense layer take float32 params, compute in `dtype` and **accumulate in float32**
+(`preferred_element_type`), casting the result back to `dtype`. In float32 that is exactly `nn.Conv` /
+`nn.Dense`. In bfloat16 it is what the matrix units do anyway, and on the CPU it is also what makes them
+run: XLA CPU (jaxlib 0.10) executes a bf16 × bf16 → bf16 dot by converting it to float32 (~260 GFLOP/s on
+2 cores) but a bf16 × bf16 → f32 dot on the bf16 matrix units (AMX: ~1.6 TFLOP/s), and it runs no
+convolution on them at all. So in bf16 on the CPU a stride-1 conv is computed as kh·kw shifted matmuls
+(the "taps" form). Measurements: docs/performance.md §bf16 on the CPU.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
-__all__ = ["conv2d", "Upsample"]
+__all__ = ["Conv2D", "Dense", "conv2d", "conv_form", "dense", "Upsample"]
+
+CONV_FORMS = ("auto", "xla", "taps")
 
 
-def conv2d(features: int, kernel: int, dtype, name: str | None, strides: int = 1, padding=None) -> nn.Conv:
+def conv_form(dtype, strides: int = 1, backend: str | None = None) -> str:
+    """The conv form "auto" resolves to: "taps" for a stride-1 bfloat16 conv on the CPU backend (the only way
+    XLA CPU puts it on the bf16 matrix units), "xla" (one `lax.conv_general_dilated`) otherwise."""
+    backend = backend or jax.default_backend()
+    return "taps" if strides == 1 and jnp.dtype(dtype) == jnp.bfloat16 and backend == "cpu" else "xla"
+
+
+class Conv2D(nn.Module):
+    """A square 2-D conv with `nn.Conv`'s params (kernel [k, k, Cin, Cout], bias [Cout], float32).
+
+    x [B, H, W, Cin] → [B, H', W', Cout] in `dtype`, products accumulated in float32. padding: explicit
+    ((top, bottom), (left, right)). form: "xla" (one conv), "taps" (stride 1: the sum over the k² taps of
+    the shifted input times that tap's [Cin, Cout] matrix; the same result up to float32 summation order),
+    "auto" (`conv_form`).
+    """
+
+    features: int
+    kernel: int
+    strides: int = 1
+    padding: tuple = ((0, 0), (0, 0))
+    dtype: Any = jnp.float32
+    form: str = "auto"
+
+    @nn.compact
+    def __call__(self, x):
+        k = self.kernel
+        w = self.param("kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features), jnp.float32)
+        b = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        x, w = x.astype(self.dtype), w.astype(self.dtype)
+        form = conv_form(self.dtype, self.strides) if self.form == "auto" else self.form
+        if form not in ("xla", "taps"):
+            raise ValueError(f"Conv2D form must be one of {CONV_FORMS}, got {self.form!r}")
+        if form == "taps" and self.strides != 1:
+            raise ValueError(f"Conv2D form 'taps' needs stride 1, got {self.strides}")
+        padding = tuple(tuple(int(p) for p in side) for side in self.padding)
+        if form == "xla":
+            y = jax.lax.conv_general_dilated(x, w, (self.strides,) * 2, padding,
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                             preferred_element_type=jnp.float32)
+        else:
+            xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+            h_out, w_out = xp.shape[1] - k + 1, xp.shape[2] - k + 1
+            y = sum(jnp.einsum("bhwc,co->bhwo", xp[:, i:i + h_out, j:j + w_out], w[i, j],
+                               preferred_element_type=jnp.float32)
+                    for i in range(k) for j in range(k))
+        return (y + b).astype(self.dtype)
+
+
+class Dense(nn.Module):
+    """`nn.Dense` with its params (kernel [Cin, Cout], bias [Cout], float32) and float32 accumulation.
+
+    x [..., Cin] → [..., Cout] in `dtype`.
+    """
+
+    features: int
+    use_bias: bool = True
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        w = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features), jnp.float32)
+        y = jnp.einsum("...c,co->...o", x.astype(self.dtype), w.astype(self.dtype),
+                       preferred_element_type=jnp.float32)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        return y.astype(self.dtype)
+
+
+def conv2d(features: int, kernel: int, dtype, name: str | None, strides: int = 1, padding=None) -> Conv2D:
     """A square conv with torch's symmetric padding kernel//2 (3×3 → 1, 1×1 → 0) unless `padding` is given
     (explicit ((top, bottom), (left, right))). Params float32, compute in `dtype`. NHWC."""
     pad = padding if padding is not None else ((kernel // 2, kernel // 2),) * 2
-    return nn.Conv(features, (kernel, kernel), strides=(strides, strides), padding=pad, dtype=dtype,
-                   param_dtype=jnp.float32, name=name)
+    return Conv2D(features, kernel, strides, tuple(tuple(p) for p in pad), dtype=dtype, name=name)
+
+
+def dense(features: int, dtype, name: str, use_bias: bool = True) -> Dense:
+    """A dense layer over the last axis, params float32, compute in `dtype`, float32 accumulation."""
+    return Dense(features, use_bias=use_bias, dtype=dtype, name=name)
 
 
 class Upsample(nn.Module):

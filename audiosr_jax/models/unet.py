@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from audiosr_jax.models.blocks import Upsample
+from audiosr_jax.models.blocks import Upsample, dense
 from audiosr_jax.models.blocks import conv2d as _conv
 
 __all__ = ["UNetConfig", "UNetModel", "ResBlock", "SpatialTransformer", "BasicTransformerBlock", "Layer",
@@ -232,7 +232,7 @@ def _layer_norm(x, name: str, dtype):
 
 
 def _dense(features: int, dtype, name: str, use_bias: bool = True):
-    return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, name=name)
+    return dense(features, dtype, name, use_bias)
 
 
 class ResBlock(nn.Module):
@@ -275,8 +275,11 @@ class Attention(nn.Module):
         q = split(_dense(inner, self.dtype, "to_q", use_bias=False)(x))
         k = split(_dense(inner, self.dtype, "to_k", use_bias=False)(x))
         v = split(_dense(inner, self.dtype, "to_v", use_bias=False)(x))
-        # XLA implementation: float32 logits, scale after the product, float32 softmax (as the reference).
-        out = jax.nn.dot_product_attention(q, k, v, scale=self.dim_head ** -0.5)
+        # float32 logits, scaled after the product, float32 softmax (as the reference); both products
+        # accumulate in float32 (in bf16 that is what puts them on the CPU's matrix units: blocks.py).
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * self.dim_head ** -0.5
+        probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+        out = jnp.einsum("bhqk,bkhd->bqhd", probs, v, preferred_element_type=jnp.float32).astype(self.dtype)
         return _dense(c, self.dtype, "to_out_0")(out.reshape(b, n, inner))
 
 

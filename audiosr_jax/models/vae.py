@@ -146,7 +146,8 @@ class AttnBlock(nn.Module):
         v = _conv(c, 1, self.dtype, "v")(h).reshape(b, hh * ww, c)
         logits = jnp.einsum("bic,bjc->bij", q, k, preferred_element_type=jnp.float32) * (c ** -0.5)
         w = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        out = jnp.einsum("bij,bjc->bic", w, v).reshape(b, hh, ww, c)
+        out = jnp.einsum("bij,bjc->bic", w, v, preferred_element_type=jnp.float32).astype(self.dtype)
+        out = out.reshape(b, hh, ww, c)
         return x + _conv(c, 1, self.dtype, "proj_out")(out)
 
 
