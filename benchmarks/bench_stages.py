@@ -3,6 +3,7 @@
     python benchmarks/bench_stages.py --width full --steps 50          # both, side by side, with ratios
     python benchmarks/bench_stages.py --width full --steps 50 --rounds 3   # alternating, medians
     python benchmarks/bench_stages.py --width reduced --no-reference   # ours only
+    python benchmarks/bench_stages.py --width full --rounds 3 --dtypes float32,bfloat16   # also ours in bf16
 
 The reference runs first, in its own venv (tools/reference/build_venv.sh; `--refenv`), as a subprocess
 (tools/reference/time_reference.py), then ours in this process, so the two never compete for the cores.
@@ -95,14 +96,17 @@ def move_to_device(tree: dict) -> None:
             tree[key] = jax.block_until_ready(jax.device_put(value))
 
 
-def build_stages(width: str, workdir: str) -> dict:
+def build_stages(width: str, workdir: str, dtype: str = "float32", weights=None) -> dict:
     """Build our stages at `width` ("tiny", "reduced" or "full", synthetic weights) on the 3 s parity clip
-    written under `workdir` (which must outlive the returned programs).
+    written under `workdir` (which must outlive the returned programs), the networks computing in `dtype`
+    with their kernels held in it (`pipeline.compute_params`, as the batch runner holds them). `weights`: an
+    earlier call's "weights" (float32) to reuse instead of building them again.
 
-    Returns {"stages": {key: StageProgram}, "weights": AudioSRWeights (params on the device), "wave": [C, N],
-    "info": dict, "latent": (h, w, c), "build_s": seconds to build the weights}. Keys, in pipeline order: frontend,
-    vae_encode, unet, unet_cfg_pair, vae_decode, vocoder, postprocess (the STFT low-band replacement and the
-    output normalisation, on noise of the vocoder output's shape).
+    Returns {"stages": {key: StageProgram}, "weights": AudioSRWeights (float32 params on the device),
+    "compute_weights": the same with the params the stages use, "wave": [C, N], "info": dict, "latent":
+    (h, w, c), "build_s": seconds to build the weights}. Keys, in pipeline order: frontend, vae_encode, unet,
+    unet_cfg_pair, vae_decode, vocoder, postprocess (the STFT low-band replacement and the output
+    normalisation, on noise of the vocoder output's shape).
     """
     import jax
     import jax.numpy as jnp
@@ -112,7 +116,7 @@ def build_stages(width: str, workdir: str) -> dict:
     from audiosr_jax import audio
     from audiosr_jax.convert.core import convert_state_dict
     from audiosr_jax.inference import lowpass, postprocess
-    from audiosr_jax.inference.pipeline import latent_shape
+    from audiosr_jax.inference.pipeline import SamplingOptions, compute_params, latent_shape
     from audiosr_jax.lab.synthetic import parity_clip
     from audiosr_jax.lab.testing import synthetic_torch_checkpoint
     from audiosr_jax.models.unet import UNetModel
@@ -120,9 +124,11 @@ def build_stages(width: str, workdir: str) -> dict:
     from audiosr_jax.models.vocoder import HiFiGAN
 
     t0 = time.perf_counter()
-    weights, _ = convert_state_dict(synthetic_torch_checkpoint(width), origin=f"synthetic-{width}")
-    move_to_device(weights.params)
+    if weights is None:
+        weights, _ = convert_state_dict(synthetic_torch_checkpoint(width), origin=f"synthetic-{width}")
+        move_to_device(weights.params)
     build_s = time.perf_counter() - t0
+    compute = dataclasses.replace(weights, params=compute_params(weights.params, SamplingOptions(dtype=dtype)))
     clip = os.path.join(workdir, "clip.wav")
     sf.write(clip, parity_clip(48000, 3.0), 48000, subtype="FLOAT")
     wave, info = audio.prepare_waveform(clip)
@@ -134,8 +140,9 @@ def build_stages(width: str, workdir: str) -> dict:
         return mel_fn(jnp.asarray(lowpass.prepare_lowpass(w[0])[0])[None])
 
     mel = frontend()
-    vae, unet, voc = AutoencoderKL(weights.vae), UNetModel(weights.unet), HiFiGAN(weights.vocoder)
-    pv, pu, pw = ({"params": weights.params[k]} for k in ("vae", "unet", "vocoder"))
+    dt = jnp.dtype(dtype)
+    vae, unet, voc = AutoencoderKL(weights.vae, dt), UNetModel(weights.unet, dt), HiFiGAN(weights.vocoder, dt)
+    pv, pu, pw = ({"params": compute.params[k]} for k in ("vae", "unet", "vocoder"))
     h, w, c = latent_shape(mel.shape[1], weights)
     x = jnp.asarray(np.random.default_rng(0).standard_normal((1, h, w, weights.unet.in_channels)), jnp.float32)
     un = jax.jit(unet.apply)
@@ -161,15 +168,23 @@ def build_stages(width: str, workdir: str) -> dict:
         "postprocess": StageProgram("post-processing (STFT low band + normalise)", post,
                                     (waveform, lp)),
     }
-    return {"stages": stages, "weights": weights, "wave": wave, "info": info, "latent": (h, w, c),
-            "build_s": build_s}
+    return {"stages": stages, "weights": weights, "compute_weights": compute, "wave": wave, "info": info,
+            "latent": (h, w, c), "build_s": build_s}
 
 
-def run_ours(width: str, steps: int, rounds: int = 1, before_round: Callable[[int], None] | None = None) -> list[dict]:
+def stage_key(key: str, dtype: str) -> str:
+    """Where `run_ours` puts the seconds of stage `key` timed in `dtype`: "unet_s" in float32,
+    "unet_bfloat16_s" in bfloat16."""
+    return f"{key}_s" if dtype == "float32" else f"{key}_{dtype}_s"
+
+
+def run_ours(width: str, steps: int, rounds: int = 1, before_round: Callable[[int], None] | None = None,
+             dtypes: tuple[str, ...] = ("float32",)) -> list[dict]:
     """Time our stages (steady state after one compiling call) and the whole `super_resolve_waveform` with
-    `steps` DDIM steps, `rounds` times on the same compiled programs, calling `before_round(r)` first (the
-    reference's turn, so the two alternate). Returns one dict per round: {"<stage>_s", "sampling_s",
-    "peak_rss_gb", "loadavg", ...; round 0 also "<stage>_first_s" (compile + first call)}."""
+    `steps` DDIM steps, in each of `dtypes` (the same weights; kernels held in the compute dtype), `rounds`
+    times on the same compiled programs, calling `before_round(r)` first (the reference's turn, so the two
+    alternate). Returns one dict per round: {`stage_key(stage, dtype)`, "peak_rss_gb", "loadavg", ...;
+    round 0 also "<stage>[_<dtype>]_first_s" (compile + first call)}."""
     t_import = time.perf_counter()
     import jax
 
@@ -181,24 +196,31 @@ def run_ours(width: str, steps: int, rounds: int = 1, before_round: Callable[[in
         super_resolve_waveform,
     )
 
-    common: dict = {"import_s": time.perf_counter() - t_import, "jax_devices": str(jax.devices())}
+    common: dict = {"import_s": time.perf_counter() - t_import, "jax_devices": str(jax.devices()),
+                    "dtypes": list(dtypes)}
     out = []
     with tempfile.TemporaryDirectory() as tmp:
-        built = build_stages(width, tmp)
-        common["build_s"] = built["build_s"]
-        weights, wave, info = built["weights"], built["wave"], built["info"]
-        options = SamplingOptions(steps=steps, guidance=3.5, eta=1.0)
-        noise = draw_noise(item_keys(42, [0], [0]), built["latent"], num_sampler_steps(options))
-        programs = {key: stage.run for key, stage in built["stages"].items() if key != "postprocess"}
-        programs["sampling"] = lambda: super_resolve_waveform(weights, wave, info, options, noise=noise)[0]
+        programs, weights = {}, None
+        for dtype in dtypes:
+            built = build_stages(width, tmp, dtype, weights)
+            weights = built["weights"]
+            common.setdefault("build_s", built["build_s"])
+            compute, wave, info = built["compute_weights"], built["wave"], built["info"]
+            options = SamplingOptions(steps=steps, guidance=3.5, eta=1.0, dtype=dtype)
+            noise = draw_noise(item_keys(42, [0], [0]), built["latent"], num_sampler_steps(options))
+            for key, stage in built["stages"].items():
+                if key != "postprocess":
+                    programs[stage_key(key, dtype)] = stage.run
+            programs[stage_key("sampling", dtype)] = (
+                lambda c=compute, w=wave, i=info, o=options, n=noise: super_resolve_waveform(c, w, i, o, noise=n)[0])
         for r in range(rounds):
             if before_round is not None:
                 before_round(r)
             res = dict(common, round=r, sampling_steps=steps)
             for key, fn in programs.items():  # later rounds reuse round 0's compiled, warm programs
-                first, res[f"{key}_s"] = timed(fn, repeats=1 if key == "sampling" else 2, warm=r == 0)
+                first, res[key] = timed(fn, repeats=1 if key.startswith("sampling") else 2, warm=r == 0)
                 if r == 0:
-                    res[f"{key}_first_s"] = first
+                    res[f"{key[:-2]}_first_s"] = first
             res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
             res["loadavg"] = os.getloadavg()[0]
             out.append(res)
@@ -215,10 +237,11 @@ ROWS = [("front-end incl. low-pass", "frontend_s", "frontend_s"),
         ("peak RSS (GB)", "peak_rss_gb", "peak_rss_gb")]
 
 
-def summarise(refs: list[dict], ours: list[dict]) -> list[dict]:
-    """Per row of ROWS: {"name", "reference", "ours" (medians over rounds; None where absent), "ratio"
-    (reference / ours of the medians), "ratio_min", "ratio_max" (over rounds, each round's reference against
-    the same round's ours)}. The reference's guidance pair is 2 × its single UNet call."""
+def summarise(refs: list[dict], ours: list[dict], dtype: str = "float32") -> list[dict]:
+    """Per row of ROWS: {"name", "reference", "ours" (medians over rounds of ours in `dtype`; None where
+    absent), "ratio" (reference / ours of the medians), "ratio_min", "ratio_max" (over rounds, each round's
+    reference against the same round's ours)}. The reference's guidance pair is 2 × its single UNet call;
+    peak RSS is the process's, in the float32 table only."""
     import statistics
 
     def med(values):
@@ -231,7 +254,9 @@ def summarise(refs: list[dict], ours: list[dict]) -> list[dict]:
             rv = [2 * r["unet_s"] if r.get("unet_s") else None for r in refs]
         else:
             rv = [r.get(k_ref) for r in refs]
-        ov = [o.get(k_ours) for o in ours]
+        if dtype != "float32":
+            k_ours = stage_key(k_ours[:-2], dtype) if k_ours.endswith("_s") else None
+        ov = [o.get(k_ours) for o in ours] if k_ours else []
         per_round = [a / b for a, b in zip(rv, ov) if a and b]
         r_med, o_med = med(rv), med(ov)
         out.append({"name": name, "reference": r_med, "ours": o_med,
@@ -249,8 +274,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="reference then ours, this many times (medians; per-round ratios show the drift)")
     ap.add_argument("--refenv", default=os.path.join(REPO, ".refenv"))
     ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument("--dtypes", default="float32",
+                    help="comma-separated compute dtypes of ours (float32, bfloat16), each timed against the "
+                         "reference's float32 in the same rounds")
     ap.add_argument("--json", help="write every round of both sides and the summary here")
     args = ap.parse_args(argv)
+    dtypes = tuple(d for d in args.dtypes.split(",") if d)
+    if not dtypes or set(dtypes) - {"float32", "bfloat16"}:
+        ap.error(f"--dtypes takes float32 and/or bfloat16, got {args.dtypes!r}")
     use_ref = not args.no_reference and args.width != "tiny"
     refs: list[dict] = []
 
@@ -258,24 +289,27 @@ def main(argv: list[str] | None = None) -> int:
         if use_ref and (ref := run_reference(args.width, args.steps, args.refenv)) is not None:
             refs.append(ref)
 
-    ours = run_ours(args.width, args.steps, args.rounds, reference_turn)
-    rows = summarise(refs, ours)
-    print(f"\nwidth={args.width}, sampling steps={args.steps}, guidance 3.5, 5.12 s clip; {ours[0]['jax_devices']}; "
-          f"{len(ours)} round(s), medians")
-    print(f"{'stage':58s} {'reference':>10s} {'audiosr-jax':>12s} {'ratio':>7s} {'per round':>13s}")
-    for row in rows:
-        ref_s = f"{row['reference']:10.3f}" if row["reference"] is not None else f"{'–':>10s}"
-        ratio = f"{row['ratio']:6.2f}x" if row["ratio"] else ""
-        spread = (f"{row['ratio_min']:.2f}–{row['ratio_max']:.2f}x" if row["ratio_min"] is not None
-                  and len(ours) > 1 else "")
-        print(f"{row['name']:58s} {ref_s} {row['ours']:12.3f} {ratio:>7s} {spread:>13s}")
+    ours = run_ours(args.width, args.steps, args.rounds, reference_turn, dtypes)
+    summary = {dtype: summarise(refs, ours, dtype) for dtype in dtypes}
+    for dtype, rows in summary.items():
+        print(f"\nours in {dtype} (the reference in float32); width={args.width}, sampling steps={args.steps}, "
+              f"guidance 3.5, 5.12 s clip; {ours[0]['jax_devices']}; {len(ours)} round(s), medians")
+        print(f"{'stage':58s} {'reference':>10s} {'audiosr-jax':>12s} {'ratio':>7s} {'per round':>13s}")
+        for row in rows:
+            if row["ours"] is None:
+                continue
+            ref_s = f"{row['reference']:10.3f}" if row["reference"] is not None else f"{'–':>10s}"
+            ratio = f"{row['ratio']:6.2f}x" if row["ratio"] else ""
+            spread = (f"{row['ratio_min']:.2f}–{row['ratio_max']:.2f}x" if row["ratio_min"] is not None
+                      and len(ours) > 1 else "")
+            print(f"{row['name']:58s} {ref_s} {row['ours']:12.3f} {ratio:>7s} {spread:>13s}")
     print("(ratio = reference / ours; > 1 means audiosr-jax is faster or smaller)")
     print("our compile+first-call seconds: "
           + ", ".join(f"{k[:-8]} {v:.1f}" for k, v in ours[0].items() if k.endswith("_first_s")))
     print("load average per round (ours): " + ", ".join(f"{o['loadavg']:.2f}" for o in ours))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"reference": refs, "ours": ours, "summary": rows, "width": args.width, "steps": args.steps},
+            json.dump({"reference": refs, "ours": ours, "summary": summary, "width": args.width, "steps": args.steps},
                       f, indent=1)
     return 0
 

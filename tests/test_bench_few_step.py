@@ -71,3 +71,18 @@ def test_stage_summary_takes_medians_and_pairs_each_round():
     assert rows["front-end incl. low-pass"]["ratio"] is None  # absent on both sides
     no_ref = {r["name"]: r for r in bf.bench_stages.summarise([], ours)}
     assert no_ref["one UNet call"]["reference"] is None and no_ref["one UNet call"]["ours"] == 1.0
+
+
+def test_stage_summary_of_another_dtype_reads_its_own_keys():
+    """bench_stages --dtypes: ours in bf16 is keyed `stage_key(stage, "bfloat16")` and set against the same
+    reference; the process's peak RSS belongs to the float32 table only."""
+    key = bf.bench_stages.stage_key
+    assert (key("unet", "float32"), key("unet", "bfloat16")) == ("unet_s", "unet_bfloat16_s")
+    refs = [{"unet_s": 1.0, "generate_batch_s": 50.0}]
+    ours = [{"unet_s": 0.5, "unet_bfloat16_s": 0.25, "sampling_s": 40.0, "sampling_bfloat16_s": 25.0,
+             "peak_rss_gb": 5.0}]
+    rows = {r["name"]: r for r in bf.bench_stages.summarise(refs, ours, "bfloat16")}
+    assert rows["one UNet call"]["ours"] == 0.25 and rows["one UNet call"]["ratio"] == 4.0
+    assert rows["sampling, whole pipeline"]["ratio"] == 2.0
+    assert rows["peak RSS (GB)"]["ours"] is None
+    assert {r["name"]: r for r in bf.bench_stages.summarise(refs, ours)}["one UNet call"]["ratio"] == 2.0
