@@ -2,6 +2,7 @@
 as matmuls, on this machine (run it under different XLA_FLAGS to compare backends).
 
     python benchmarks/bench_conv_forms.py --width full
+    python benchmarks/bench_conv_forms.py --width full --forms conv,shifted --dtype bfloat16
     XLA_FLAGS=--xla_cpu_use_onednn=true python benchmarks/bench_conv_forms.py --width full --forms conv
 
 Shapes (from the model configs at `--width`, for the 5.12 s clip):
@@ -13,6 +14,9 @@ Forms (same input, same kernel; max |difference| from `conv` is printed):
   im2col      the k² shifted copies concatenated on channels, then one [N·H·W, k²·C] @ [k²·C, C] dot
   shifted     the sum of k² [N·H·W, C] @ [C, C] dots over shifted slices of the padded input
 Each line: seconds (best of `--repeats` after a compiling call), GFLOP/s from XLA's count of `conv`.
+Inputs and kernels are in `--dtype`; every form accumulates in float32 (`preferred_element_type`), as the
+networks' layers do. First, the [n, n] @ [n, n] matmul in that dtype (f32 accumulation), and in bf16 also with
+a bf16 result: XLA CPU runs the former on the bf16 matrix units (AMX) and converts the latter to float32.
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ def conv(x, w):
     nd = x.ndim - 2
     dn = ("NWC", "WIO", "NWC") if nd == 1 else ("NHWC", "HWIO", "NHWC")
     pads = [((k - 1) // 2, k // 2) for k in w.shape[:nd]]
-    return jax.lax.conv_general_dilated(x, w, (1,) * nd, pads, dimension_numbers=dn)
+    return jax.lax.conv_general_dilated(x, w, (1,) * nd, pads, dimension_numbers=dn,
+                                        preferred_element_type=jnp.float32)
 
 
 def _shifts(x, w):
@@ -60,7 +65,7 @@ def _shifts(x, w):
 def im2col(x, w):
     """`conv` as one dot over the concatenated shifted copies."""
     cols = jnp.concatenate(_shifts(x, w), axis=-1)
-    return jnp.dot(cols, w.reshape(-1, w.shape[-1]))
+    return jnp.dot(cols, w.reshape(-1, w.shape[-1]), preferred_element_type=jnp.float32)
 
 
 def shifted(x, w):
@@ -68,7 +73,7 @@ def shifted(x, w):
     taps = w.reshape(-1, w.shape[-2], w.shape[-1])
     out = None
     for s, t in zip(_shifts(x, w), taps):
-        y = jnp.dot(s, t)
+        y = jnp.dot(s, t, preferred_element_type=jnp.float32)
         out = y if out is None else out + y
     return out
 
@@ -108,19 +113,32 @@ def main(argv=None) -> dict:
     ap.add_argument("--only", default="", help="comma-separated name prefixes (e.g. 'vae,voc L0')")
     ap.add_argument("--frames", type=int, default=512, help="mel frames (512 = the 5.12 s clip)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    ap.add_argument("--matmul", type=int, default=2048, help="n of the matmul peak (0: skip it)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     forms = [f for f in args.forms.split(",") if f]
+    dtype = jnp.dtype(args.dtype)
     rng = np.random.default_rng(0)
-    res = {"width": args.width, "xla_flags": os.environ.get("XLA_FLAGS", ""), "loadavg_start": os.getloadavg()[0],
-           "rows": []}
+    res = {"width": args.width, "dtype": args.dtype, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+           "loadavg_start": os.getloadavg()[0], "rows": [], "matmul": {}}
+    if args.matmul:
+        n = args.matmul
+        a = jnp.asarray(rng.standard_normal((n, n)), dtype)
+        results = {"f32 accumulation": jnp.float32} | ({"bf16 result": dtype} if dtype != jnp.float32 else {})
+        for label, out in results.items():
+            mm = jax.jit(lambda p, q, out=out: jnp.dot(p, q, preferred_element_type=out)).lower(a, a).compile()
+            s = best_seconds(lambda: mm(a, a), args.repeats)
+            res["matmul"][label] = 2 * n ** 3 / s / 1e9
+            print(f"matmul [{n}, {n}] @ [{n}, {n}] {args.dtype}, {label}: {s:.4f} s, "
+                  f"{res['matmul'][label]:.0f} GFLOP/s", flush=True)
     print(f"{'shape':44s} {'form':8s} {'s':>9s} {'GFLOP/s':>8s} {'vs conv':>7s} {'max|diff|':>9s}", flush=True)
     only = [p.strip() for p in args.only.split(",") if p.strip()]
     for name, xs, ws in shapes(args.width, args.frames):
         if only and not any(name.startswith(p) for p in only):
             continue
-        x = jnp.asarray(rng.standard_normal(xs), jnp.float32)
-        w = jnp.asarray(rng.standard_normal(ws) / np.sqrt(np.prod(ws[:-1])), jnp.float32)
+        x = jnp.asarray(rng.standard_normal(xs), dtype)
+        w = jnp.asarray(rng.standard_normal(ws) / np.sqrt(np.prod(ws[:-1])), dtype)
         ref, base, flops = None, None, None
         for form in forms:
             compiled = jax.jit(FORMS[form]).lower(x, w).compile()

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from audiosr_jax.models.blocks import Conv2D, Dense, conv_form, conv2d, dense
+from audiosr_jax.models.blocks import Conv1D, Conv2D, Dense, conv_form, conv2d, dense
 
 
 def _correlate(x, w, b, stride, padding):
@@ -54,6 +54,26 @@ def test_conv_forms_equal_a_direct_correlation(kernel, stride, padding, form):
     np.testing.assert_allclose(np.asarray(got16, np.float32), want, rtol=3e-2, atol=3e-2 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("kernel,dilation", [(3, 1), (7, 3), (11, 5), (1, 1)])
+@pytest.mark.parametrize("form", ["xla", "taps"])
+def test_conv1d_forms_equal_a_direct_correlation(kernel, dilation, form):
+    """The vocoder's dilated 'same' convs: out[n, t] = Σ_i x[n, t + d·i - pad] w[i]."""
+    x = jax.random.normal(jax.random.PRNGKey(5), (2, 40, 6))
+    pad = dilation * (kernel - 1) // 2
+    params = _init(Conv1D(5, kernel, dilation, (pad, pad), form="xla"), x)
+    w, b = (np.asarray(params["params"][n], np.float64) for n in ("kernel", "bias"))
+    xp = np.pad(np.asarray(x, np.float64), ((0, 0), (pad, pad), (0, 0)))
+    want = sum(np.einsum("ntc,co->nto", xp[:, dilation * i:dilation * i + 40], w[i]) for i in range(kernel)) + b
+    got = Conv1D(5, kernel, dilation, (pad, pad), form=form).apply(params, x)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+    got16 = Conv1D(5, kernel, dilation, (pad, pad), dtype=jnp.bfloat16, form=form).apply(params, x)
+    assert got16.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(got16, np.float32), want, rtol=3e-2, atol=3e-2 * np.abs(want).max())
+    out32 = Conv1D(5, kernel, dilation, (pad, pad), dtype=jnp.bfloat16, float32_out=True, form=form).apply(params, x)
+    assert out32.dtype == jnp.float32  # the last layer's sums are not rounded to bf16
+    assert np.abs(np.asarray(out32) - want).max() < np.abs(np.asarray(got16, np.float32) - want).max()
+
+
 def test_conv_and_dense_are_flax_layers_in_float32():
     """Same param tree (a checkpoint written with nn.Conv / nn.Dense loads) and the same result."""
     x = jax.random.normal(jax.random.PRNGKey(3), (1, 8, 5, 6))
@@ -61,6 +81,11 @@ def test_conv_and_dense_are_flax_layers_in_float32():
     params = _init(theirs, x)
     assert jax.tree.map(jnp.shape, _init(ours, x)) == jax.tree.map(jnp.shape, params)
     np.testing.assert_allclose(ours.apply(params, x), theirs.apply(params, x), rtol=1e-6, atol=1e-6)
+    x1 = x[:, 0]  # [1, 5, 6]: a 1-D conv with dilation, as the vocoder's
+    ours, theirs = Conv1D(4, 3, 2, (2, 2)), nn.Conv(4, (3,), kernel_dilation=(2,), padding=((2, 2),))
+    params = _init(theirs, x1)
+    assert jax.tree.map(jnp.shape, _init(ours, x1)) == jax.tree.map(jnp.shape, params)
+    np.testing.assert_allclose(ours.apply(params, x1), theirs.apply(params, x1), rtol=1e-6, atol=1e-6)
     ours, theirs = dense(9, jnp.float32, None), nn.Dense(9)
     params = _init(theirs, x)
     assert jax.tree.map(jnp.shape, _init(ours, x)) == jax.tree.map(jnp.shape, params)
@@ -102,5 +127,7 @@ def test_bf16_layers_on_the_cpu_compile_to_float32_accumulating_dots():
     hlo, dots = _compiled_dots(Conv2D(32, 3, padding=((1, 1), (1, 1)), dtype=jnp.bfloat16), x)
     assert "convolution(" not in hlo
     assert dots == [("f32", ["bf16", "bf16"])] * 9
+    hlo, dots = _compiled_dots(Conv1D(32, 3, 3, (3, 3), dtype=jnp.bfloat16), x[:, 0])
+    assert "convolution(" not in hlo and dots == [("f32", ["bf16", "bf16"])] * 3
     _, dots = _compiled_dots(Dense(16, dtype=jnp.bfloat16), x)
     assert dots == [("f32", ["bf16", "bf16"])]

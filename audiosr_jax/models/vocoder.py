@@ -22,6 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from audiosr_jax.models.blocks import Conv1D
+
 __all__ = ["VocoderConfig", "HiFiGAN", "ResBlock1", "upsample_conv", "upsample_padding", "LRELU_SLOPE"]
 
 LRELU_SLOPE = 0.1  # inside the network; the final activation uses jax.nn.leaky_relu's default 0.01
@@ -130,16 +132,16 @@ def upsample_padding(kernel_size: int, rate: int) -> tuple[int, int]:
 
 def upsample_conv(features: int, kernel_size: int, rate: int, *, dtype: Any = jnp.float32,
                   name: str | None = None) -> nn.ConvTranspose:
-    """The upsampling layer of one level: [B, L, C_in] → [B, (L-1)·rate - 2·((k-rate)//2) + k, features]."""
+    """The upsampling layer of one level: [B, L, C_in] → [B, (L-1)·rate - 2·((k-rate)//2) + k, features],
+    float32 accumulation (the caller casts the result to its compute dtype)."""
     return nn.ConvTranspose(features, (kernel_size,), strides=(rate,),
                             padding=(upsample_padding(kernel_size, rate),),
-                            dtype=dtype, param_dtype=jnp.float32, name=name)
+                            dtype=dtype, param_dtype=jnp.float32, preferred_element_type=jnp.float32, name=name)
 
 
-def _conv(features: int, kernel_size: int, dilation: int, dtype: Any, name: str) -> nn.Conv:
+def _conv(features: int, kernel_size: int, dilation: int, dtype: Any, name: str, float32_out: bool = False) -> Conv1D:
     pad = (kernel_size * dilation - dilation) // 2
-    return nn.Conv(features, (kernel_size,), kernel_dilation=(dilation,), padding=((pad, pad),),
-                   dtype=dtype, param_dtype=jnp.float32, name=name)
+    return Conv1D(features, kernel_size, dilation, (pad, pad), dtype=dtype, float32_out=float32_out, name=name)
 
 
 class ResBlock1(nn.Module):
@@ -182,13 +184,14 @@ class HiFiGAN(nn.Module):
         for i, (u, k) in enumerate(zip(cfg.upsample_rates, cfg.upsample_kernel_sizes)):
             ch = cfg.channels(i)
             x = nn.leaky_relu(x, LRELU_SLOPE)
-            x = upsample_conv(ch, k, u, dtype=self.dtype, name=f"ups_{i}")(x)
+            x = upsample_conv(ch, k, u, dtype=self.dtype, name=f"ups_{i}")(x).astype(self.dtype)
             xs = None
             for j, (rk, rd) in enumerate(zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes)):
                 y = ResBlock1(ch, rk, rd, dtype=self.dtype, name=f"resblocks_{i * nk + j}")(x)
                 xs = y if xs is None else xs + y
             x = xs / nk  # sum then divide, in the reference's order
         x = nn.leaky_relu(x, _FINAL_SLOPE)
-        x = _conv(1, _PRE_POST_KERNEL, 1, self.dtype, "conv_post")(x)
-        # tanh on one channel is cheap: do it in float32 so the waveform leaves in full precision.
-        return jnp.tanh(x[..., 0].astype(jnp.float32))
+        # The waveform is never rounded to bf16: the last conv's float32 sums and tanh stay float32 (a bf16
+        # waveform would carry ~-50 dB of rounding noise into every quiet bin).
+        x = _conv(1, _PRE_POST_KERNEL, 1, self.dtype, "conv_post", float32_out=True)(x)
+        return jnp.tanh(x[..., 0])
