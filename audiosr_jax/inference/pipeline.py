@@ -43,7 +43,8 @@ class SamplingOptions(NamedTuple):
     """How to sample. sampler: "ddim" (the reference's, stochastic with eta), "dpmpp_2m" (DPM-Solver++(2M)),
     "unipc" (UniPC), "euler" or "heun" (probability-flow ODE; Heun makes 2·steps − 1 network calls), the last
     four deterministic on a log-SNR grid from the largest t with ᾱ > 0 (998 for AudioSR); dtype: compute
-    dtype of the networks ("float32" or "bfloat16"; params stay float32). The schedule and parameterisation
+    dtype of the networks ("float32" or "bfloat16": products accumulate in float32, norms and the waveform
+    stay float32; the batch runner holds the kernels in it, `compute_params`). The schedule and parameterisation
     come from the weights (`AudioSRWeights.diffusion`). Flow/bridge-objective weights take "euler", "heun"
     or "midpoint" (2·steps calls) on the flow ODE, on the shifted uniform grid; eta is ignored there."""
 
