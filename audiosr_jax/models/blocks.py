@@ -6,7 +6,7 @@ The convs and the dense layer take float32 params, compute in `dtype` and **accu
 run: XLA CPU (jaxlib 0.10) executes a bf16 × bf16 → bf16 dot by converting it to float32 (~260 GFLOP/s on
 2 cores) but a bf16 × bf16 → f32 dot on the bf16 matrix units (AMX: ~1.6 TFLOP/s), and it runs no
 convolution on them at all. So in bf16 on the CPU a stride-1 conv is computed as one shifted matmul per
-kernel tap (the "taps" form). Measurements: docs/performance.md §bf16 on the CPU.
+kernel tap (the "taps" form). Measurements: docs/performance.md §bf16 on this CPU.
 """
 
 from __future__ import annotations
