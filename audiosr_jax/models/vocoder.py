@@ -191,7 +191,6 @@ class HiFiGAN(nn.Module):
                 xs = y if xs is None else xs + y
             x = xs / nk  # sum then divide, in the reference's order
         x = nn.leaky_relu(x, _FINAL_SLOPE)
-        # The waveform is never rounded to bf16: the last conv's float32 sums and tanh stay float32 (a bf16
-        # waveform would carry ~-50 dB of rounding noise into every quiet bin).
+        # The waveform itself is never rounded to bf16: the last conv's float32 sums and tanh stay float32.
         x = _conv(1, _PRE_POST_KERNEL, 1, self.dtype, "conv_post", float32_out=True)(x)
         return jnp.tanh(x[..., 0])
