@@ -13,7 +13,8 @@ from audiosr_jax.models.blocks import Conv1D, Conv2D, Dense, conv_form, conv2d, 
 
 
 def _correlate(x, w, b, stride, padding):
-    """Direct float64 cross-correlation, NHWC × HWIO, explicit padding: out[n, i, j] = Σ x[n, s·i + a, s·j + c] w[a, c]."""
+    """Direct float64 cross-correlation, NHWC × HWIO, explicit padding:
+    out[n, i, j] = Σ x[n, s·i + a, s·j + c] w[a, c]."""
     x = np.pad(np.asarray(x, np.float64), ((0, 0), *padding, (0, 0)))
     w = np.asarray(w, np.float64)
     k = w.shape[0]

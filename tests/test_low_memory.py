@@ -141,6 +141,16 @@ def test_compute_params_casts_the_kernels_once(resident):
         jax.tree.map(lambda a: (a.shape, a.dtype), pipeline.compute_params(resident.part("unet"), BF16))
 
 
+def test_the_batch_engine_holds_the_kernels_in_the_compute_dtype(resident):
+    from audiosr_jax.inference.batch import _Engine, local_mesh
+
+    for options, kernel_dtype in ((OPTIONS, jnp.float32), (BF16, jnp.bfloat16)):
+        with _Engine(resident, [], BatchConfig(options=options), local_mesh(), False, "file") as engine:
+            leaves = jax.tree.leaves(engine.params)
+            assert {x.dtype for x in leaves if x.ndim >= 2} == {jnp.dtype(kernel_dtype)}
+            assert {x.dtype for x in leaves if x.ndim < 2} == {jnp.dtype(jnp.float32)}
+
+
 def test_bf16_with_kernels_cast_once_equals_casting_on_every_call(resident, lazy):
     """The batch engine holds bf16 kernels (compute_params) and the low-memory stages compile against them;
     both give what the networks compute from float32 weights (which they cast to bf16 on each call)."""

@@ -31,8 +31,8 @@ from audiosr_jax.models.unet import UNetModel
 from audiosr_jax.models.vae import AutoencoderKL, posterior_sample
 from audiosr_jax.models.vocoder import HiFiGAN
 
-__all__ = ["Noise", "SamplingOptions", "SAMPLERS", "compute_params", "item_keys", "draw_noise", "latent_shape", "num_sampler_steps",
-           "generate", "super_resolve_windows", "super_resolve_windows_low_memory", "super_resolve",
+__all__ = ["Noise", "SamplingOptions", "SAMPLERS", "compute_params", "item_keys", "draw_noise", "latent_shape",
+           "num_sampler_steps", "generate", "super_resolve_windows", "super_resolve_windows_low_memory", "super_resolve",
            "super_resolve_waveform", "UNCONDITIONAL_LATENT"]
 
 # The "unconditional" condition: a constant latent (docs/design.md §Conditioning), scaled like a real one.
